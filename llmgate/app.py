@@ -1,0 +1,119 @@
+"""The app factory: wires settings, the upstream client and the surfaces.
+
+The proxied surfaces are raw ASGI handlers found by an exact (method, path)
+lookup, so the hot path pays for no framework routing; everything else (admin,
+prompts, dashboard, OpenAPI docs) is a FastAPI app behind them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+
+from llmgate import tokens
+from llmgate.config import Settings
+from llmgate.gateway import Gateway, MasterKeyAuthenticator
+from llmgate.routing import Router, build_providers
+from llmgate.surfaces.health import HealthSurface
+from llmgate.surfaces.http import Handler, Receive, Scope, Send
+from llmgate.surfaces.openai import OpenAISurface
+from llmgate.upstream import UpstreamClient
+
+log = logging.getLogger("llmgate")
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    providers = build_providers(settings)
+    for name, provider in providers.items():
+        if provider.settings.disabled_reason:
+            log.warning("provider %r is disabled: %s", name, provider.settings.disabled_reason)
+    return Gateway(
+        settings=settings,
+        client=UpstreamClient(),
+        router=Router(settings, providers),
+        auth=MasterKeyAuthenticator(settings),
+    )
+
+
+class GatewayApp:
+    """The ASGI application: hot-path routes, then FastAPI for the rest."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.gw: Gateway | None = None
+        self.routes: dict[tuple[str, str], Handler] = {}
+        self.prefix_routes: list[tuple[str, str, Handler]] = []
+        self.api = FastAPI(title="llmgate", version="0.1.0")
+
+    async def startup(self) -> None:
+        gw = build_gateway(self.settings)
+        self.gw = gw
+        self.api.state.gateway = gw
+        openai = OpenAISurface(gw)
+        health = HealthSurface(gw)
+        for path in ("/v1/chat/completions", "/chat/completions"):
+            self.routes[("POST", path)] = openai.chat
+        for path in ("/v1/embeddings", "/embeddings"):
+            self.routes[("POST", path)] = openai.embeddings
+        self.routes[("GET", "/v1/models")] = openai.models
+        self.prefix_routes.append(("GET", "/v1/models/", openai.models))
+        self.routes[("GET", "/health")] = health.live
+        self.routes[("GET", "/health/ready")] = health.ready
+        asyncio.get_running_loop().run_in_executor(None, tokens.warm_up)
+
+    async def shutdown(self) -> None:
+        if self.gw is not None:
+            await self.gw.client.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            method = scope["method"]
+            path = scope["path"]
+            handler = self.routes.get((method, path))
+            if handler is None:
+                for m, prefix, h in self.prefix_routes:
+                    if m == method and path.startswith(prefix):
+                        handler = h
+                        break
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
+            await self.api(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: dict[str, Any] = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    return GatewayApp(settings)
+
+
+def app_from_env() -> GatewayApp:
+    """The uvicorn factory (`llmgate serve` sets LLMGATE_CONFIG; workers import this)."""
+    import os
+
+    from llmgate.config import load_settings
+
+    return create_app(load_settings(os.environ.get("LLMGATE_CONFIG", "config.toml")))
