@@ -27,10 +27,7 @@ def cost_nusd(price: Price | None, usage: Usage) -> int:
     cached_price = price.cached_input if price.cached_input is not None else price.input
     write_price = price.cache_write if price.cache_write is not None else price.input
     total = (
-        plain * price.input
-        + cached * cached_price
-        + written * write_price
-        + usage.output_tokens * price.output
+        plain * price.input + cached * cached_price + written * write_price + usage.output_tokens * price.output
     ) * _NANO_PER_MICRO_TOKEN_PRICE
     return int(total.quantize(_ONE, rounding=ROUND_HALF_EVEN))
 

@@ -84,7 +84,7 @@ async def call(ctx: RequestContext, gw: Gateway) -> None:
 
 def _fallback_allowance(plan: list[Deployment], model: str, index: int) -> int:
     """Fallback groups get their own tries on top of the retries of the primary group."""
-    return sum(1 for d in plan[:index + 1] if d.model.name != model)
+    return sum(1 for d in plan[: index + 1] if d.model.name != model)
 
 
 def _backoff(base: float, cap: float, attempt: int, retry_after: float | None) -> float:
@@ -98,9 +98,7 @@ def _backoff(base: float, cap: float, attempt: int, retry_after: float | None) -
 async def _attempt(ctx: RequestContext, gw: Gateway, dep: Deployment) -> None:
     provider = dep.provider
     if provider.settings.disabled_reason:
-        raise ProviderDisabled(
-            f"Provider `{provider.name}` is not configured ({provider.settings.disabled_reason})."
-        )
+        raise ProviderDisabled(f"Provider `{provider.name}` is not configured ({provider.settings.disabled_reason}).")
     passthrough = ctx.wire == provider.wire_format
     wire = _build(ctx, dep, passthrough)
     ctx.upstream_started = time.perf_counter()
@@ -150,9 +148,7 @@ def _parse(ctx: RequestContext, dep: Deployment, response: WireResponse, passthr
         ctx.response_raw = response.body
 
 
-async def _open_stream(
-    ctx: RequestContext, gw: Gateway, dep: Deployment, wire: WireRequest, passthrough: bool
-) -> None:
+async def _open_stream(ctx: RequestContext, gw: Gateway, dep: Deployment, wire: WireRequest, passthrough: bool) -> None:
     """Open the upstream stream and read up to its first item before answering, so a
     failure before the first byte can still fail over to the next deployment."""
     stack = AsyncExitStack()

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -25,11 +26,16 @@ ErrorMapper = Callable[[WireResponse], GatewayError]
 
 
 def _transport_error(exc: Exception, provider: str, url: str) -> GatewayError:
-    if isinstance(exc, httpx.TimeoutException | asyncio.TimeoutError):
-        return UpstreamTimeout(f"provider {provider!r} timed out")
-    if isinstance(exc, httpx.ConnectError):
+    # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout; the
+    # aiohttp exception it wraps says what really happened.
+    cause = exc.__cause__ or exc
+    if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, asyncio.TimeoutError):
         return UpstreamError(f"provider {provider!r} is unreachable ({httpx.URL(url).host})")
-    return UpstreamError(f"provider {provider!r} connection failed: {type(exc).__name__}")
+    if isinstance(cause, httpx.TimeoutException | asyncio.TimeoutError):
+        return UpstreamTimeout(f"provider {provider!r} timed out")
+    if isinstance(cause, httpx.ConnectError):
+        return UpstreamError(f"provider {provider!r} is unreachable ({httpx.URL(url).host})")
+    return UpstreamError(f"provider {provider!r} connection failed ({type(cause).__name__})")
 
 
 class UpstreamClient:

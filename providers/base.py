@@ -154,7 +154,9 @@ def map_http_error(
         return UpstreamError(f"provider {provider!r} rejected the gateway's credentials ({status}): {text}")
     if status == 429:
         return UpstreamRateLimited(
-            f"provider {provider!r} is rate limiting: {text}", code=code or "rate_limit_exceeded", retry_after=retry_after
+            f"provider {provider!r} is rate limiting: {text}",
+            code=code or "rate_limit_exceeded",
+            retry_after=retry_after,
         )
     if status == 400 and (code == "context_length_exceeded" or "context length" in text.lower()):
         return ContextWindowExceeded(text, param=param or "messages")

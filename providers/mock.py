@@ -44,7 +44,7 @@ def build_example(schema: Any, depth: int = 0) -> Any:
     """A value that satisfies a (simple) JSON schema: enums, types, required properties."""
     if not isinstance(schema, dict) or depth > 8:
         return None
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
@@ -144,12 +144,22 @@ def build_stream_chunks(body: dict[str, Any], request_id: str) -> list[dict[str,
         call = message["tool_calls"][0]
         fn = call["function"]
         chunks.append(
-            chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
-                                   "function": {"name": fn["name"], "arguments": ""}}]})
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": fn["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
         )
         args = fn["arguments"]
         for i in range(0, len(args), 16):
-            chunks.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 16]}}]}))
+            chunks.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 16]}}]}))
     else:
         words = (message["content"] or "").split(" ")
         for i, word in enumerate(words):

@@ -27,9 +27,9 @@ def build_chat_body(body: dict[str, Any], upstream_model: str, stream: bool) -> 
     if stream:
         options = body.get("stream_options")
         out["stream"] = True
-        out["stream_options"] = {**options, "include_usage": True} if isinstance(options, dict) else {
-            "include_usage": True
-        }
+        out["stream_options"] = (
+            {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+        )
     return out
 
 
@@ -154,7 +154,8 @@ class OpenAIProvider(Provider):
         return map_openai_error(self.name, response)
 
     def build_embeddings_request(self, body: dict[str, Any], upstream_model: str) -> WireRequest:
-        return WireRequest(self.embeddings_url(upstream_model), orjson.dumps({**body, "model": upstream_model}), self.headers)
+        payload = orjson.dumps({**body, "model": upstream_model})
+        return WireRequest(self.embeddings_url(upstream_model), payload, self.headers)
 
     def parse_embeddings_response(
         self, response: WireResponse, upstream_model: str, body: dict[str, Any]

@@ -34,8 +34,20 @@ log = logging.getLogger("llmgate.surface")
 # Request fields that would let a caller choose the upstream or its credentials:
 # upstream URLs and keys come only from config.
 FORBIDDEN_FIELDS = frozenset(
-    {"api_base", "base_url", "api_key", "api_version", "extra_headers", "extra_query", "extra_body",
-     "custom_llm_provider", "litellm_params", "azure_endpoint", "deployment_id", "organization"}
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "extra_headers",
+        "extra_query",
+        "extra_body",
+        "custom_llm_provider",
+        "litellm_params",
+        "azure_endpoint",
+        "deployment_id",
+        "organization",
+    }
 )
 
 
@@ -179,10 +191,11 @@ class OpenAISurface:
             names = [name for name in self.gw.router.groups if key.may_use_model(name)]
             prefix = "/v1/models/"
             if path.startswith(prefix) and len(path) > len(prefix):
-                wanted = path[len(prefix):]
+                wanted = path[len(prefix) :]
                 if wanted not in names:
-                    raise NotFound(f"The model `{wanted}` does not exist or you do not have access to it.",
-                                   param="model")
+                    raise NotFound(
+                        f"The model `{wanted}` does not exist or you do not have access to it.", param="model"
+                    )
                 payload: Any = _model_entry(wanted)
             else:
                 payload = {"object": "list", "data": [_model_entry(n) for n in names]}

@@ -36,7 +36,7 @@ def _without_created(actual: Any, expected: Any) -> Any:
             if not (k == "created" and k not in expected)
         }
     if isinstance(actual, list) and isinstance(expected, list):
-        return [_without_created(a, e) for a, e in zip(actual, expected, strict=False)] + actual[len(expected):]
+        return [_without_created(a, e) for a, e in zip(actual, expected, strict=False)] + actual[len(expected) :]
     return actual
 
 
