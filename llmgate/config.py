@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -208,21 +208,6 @@ class Settings(_Strict):
     keys: tuple[StaticKey, ...] = ()
     source: str = "<defaults>"
 
-    @model_validator(mode="after")
-    def _references(self) -> Settings:
-        names = {m.name for m in self.models}
-        problems: list[str] = []
-        for i, m in enumerate(self.models):
-            if m.provider not in self.providers:
-                problems.append(f"models[{i}].provider: unknown provider {m.provider!r}")
-            for field in ("fallbacks", "context_window_fallbacks"):
-                for name in getattr(m, field):
-                    if name not in names:
-                        problems.append(f"models[{i}].{field}: unknown model {name!r}")
-        if problems:
-            raise ValueError("\n".join(problems))
-        return self
-
 
 class ConfigError(Exception):
     """Invalid configuration; `problems` holds one human-readable line each."""
@@ -270,6 +255,24 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _reference_problems(data: dict[str, Any]) -> list[str]:
+    """Models naming providers or fallbacks that do not exist (checked on the raw
+    document, so they are reported alongside field errors)."""
+    providers = data.get("providers") if isinstance(data.get("providers"), dict) else {}
+    raw_models = data.get("models") if isinstance(data.get("models"), list) else []
+    models = [m for m in raw_models if isinstance(m, dict)]
+    names = {m.get("name") for m in models}
+    problems = []
+    for i, m in enumerate(models):
+        if "provider" in m and m["provider"] not in providers:
+            problems.append(f"models[{i}].provider: unknown provider {m['provider']!r}")
+        for field in ("fallbacks", "context_window_fallbacks"):
+            for name in m.get(field) or []:
+                if name not in names:
+                    problems.append(f"models[{i}].{field}: unknown model {name!r}")
+    return problems
+
+
 def parse_settings(raw: dict[str, Any], source: str) -> Settings:
     """Validate a parsed TOML document; raises ConfigError with one line per problem."""
     missing: list[tuple[str, str]] = []
@@ -286,16 +289,13 @@ def parse_settings(raw: dict[str, Any], source: str) -> Settings:
         else:
             problems.append(f"{source}: {path}: environment variable {var} is not set")
     data["source"] = source
+    problems.extend(f"{source}: {line}" for line in _reference_problems(data))
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors():
-            where = _loc(err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
-            if not where:  # model-level validator: already "path: message" lines
-                problems.extend(f"{source}: {line}" for line in msg.splitlines())
-            else:
-                problems.append(f"{source}: {where}: {msg}")
+            problems.append(f"{source}: {_loc(err['loc'])}: {msg}")
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
