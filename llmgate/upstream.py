@@ -28,7 +28,7 @@ ErrorMapper = Callable[[WireResponse], GatewayError]
 def _transport_error(exc: Exception, provider: str, url: str) -> GatewayError:
     # httpx-aiohttp maps every aiohttp connection error to ConnectTimeout; the
     # aiohttp exception it wraps says what really happened.
-    cause = exc.__cause__ or exc
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError | asyncio.TimeoutError) else exc
     if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(cause, asyncio.TimeoutError):
         return UpstreamError(f"provider {provider!r} is unreachable ({httpx.URL(url).host})")
     if isinstance(cause, httpx.TimeoutException | asyncio.TimeoutError):
@@ -96,7 +96,9 @@ class UpstreamClient:
 
 async def _events(resp: httpx.Response, provider: str, url: str, first_byte: float) -> AsyncIterator[SSEEvent]:
     decoder = SSEDecoder()
-    raw = resp.aiter_raw() if not resp.headers.get("content-encoding") else resp.aiter_bytes()
+    # Raw bytes unless they need decoding (or a test transport already read them).
+    plain = not resp.headers.get("content-encoding") and not resp.is_stream_consumed
+    raw = resp.aiter_raw() if plain else resp.aiter_bytes()
     it = raw.__aiter__()
     try:
         async with asyncio.timeout(first_byte):
