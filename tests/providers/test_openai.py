@@ -28,7 +28,7 @@ def adapter() -> OpenAIProvider:
 async def test_send_passes_body_through(adapter: OpenAIProvider) -> None:
     body = {"model": "public", "messages": [{"role": "user", "content": "hi"}], "seed": 7, "vendor_extra": {"a": 1}}
     recorded = (GOLDEN / "chat_text_usage" / "wire_response.json").read_bytes()
-    client = UpstreamClient()
+    client = UpstreamClient(transport=httpx.AsyncHTTPTransport())
     try:
         with respx.mock(using="httpx") as mock:
             route = mock.post(f"{BASE}/chat/completions").respond(200, content=recorded)
@@ -46,7 +46,7 @@ async def test_send_passes_body_through(adapter: OpenAIProvider) -> None:
 
 async def test_stream_relay_drops_usage_chunk_unless_asked(adapter: OpenAIProvider) -> None:
     raw = (GOLDEN / "stream_text_include_usage" / "wire_stream.sse").read_bytes()
-    client = UpstreamClient()
+    client = UpstreamClient(transport=httpx.AsyncHTTPTransport())
     try:
         for include_usage in (False, True):
             with respx.mock(using="httpx") as mock:
@@ -70,7 +70,7 @@ async def test_stream_relay_drops_usage_chunk_unless_asked(adapter: OpenAIProvid
 
 
 async def test_errors_are_mapped_once(adapter: OpenAIProvider) -> None:
-    client = UpstreamClient()
+    client = UpstreamClient(transport=httpx.AsyncHTTPTransport())
     try:
         with respx.mock(using="httpx") as mock:
             route = mock.post(f"{BASE}/chat/completions")
