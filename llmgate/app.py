@@ -17,6 +17,7 @@ from llmgate import tokens
 from llmgate.config import Settings
 from llmgate.gateway import Gateway, MasterKeyAuthenticator
 from llmgate.routing import Router, build_providers
+from llmgate.surfaces.anthropic import AnthropicSurface
 from llmgate.surfaces.health import HealthSurface
 from llmgate.surfaces.http import Handler, Receive, Scope, Send
 from llmgate.surfaces.openai import OpenAISurface
@@ -58,6 +59,9 @@ class GatewayApp:
             self.routes[("POST", path)] = openai.chat
         for path in ("/v1/embeddings", "/embeddings"):
             self.routes[("POST", path)] = openai.embeddings
+        anthropic = AnthropicSurface(gw)
+        self.routes[("POST", "/v1/messages")] = anthropic.messages
+        self.routes[("POST", "/v1/messages/count_tokens")] = anthropic.count_tokens
         self.routes[("GET", "/v1/models")] = openai.models
         self.prefix_routes.append(("GET", "/v1/models/", openai.models))
         self.routes[("GET", "/health")] = health.live

@@ -92,7 +92,13 @@ def _build(ctx: RequestContext, dep: Deployment, passthrough: bool) -> WireReque
         if not isinstance(provider, EmbeddingsCapable):
             raise InvalidRequest(f"The model `{ctx.model}` does not support embeddings.", param="model")
         return provider.build_embeddings_request(ctx.body, dep.upstream)
-    body = ctx.native_body if passthrough and ctx.native_body is not None else ctx.body
+    if passthrough and ctx.native_body is not None:
+        # The caller speaks this provider's own format (Anthropic -> Anthropic): forward its body.
+        native = ctx.native_body
+        if dep.model.max_tokens_cap is not None:
+            native = _cap_max_tokens(native, dep.model.max_tokens_cap)
+        return provider.build_native_request(native, dep.upstream, ctx.stream)  # type: ignore[attr-defined]
+    body = ctx.body
     if dep.model.max_tokens_cap is not None:
         body = _cap_max_tokens(body, dep.model.max_tokens_cap)
     return provider.build_chat_request(body, dep.upstream, ctx.stream)
@@ -111,6 +117,10 @@ def _parse(ctx: RequestContext, dep: Deployment, response: WireResponse, passthr
     if ctx.surface == "embeddings":
         assert isinstance(provider, EmbeddingsCapable)
         ctx.response, ctx.usage = provider.parse_embeddings_response(response, dep.upstream, ctx.body)
+        return
+    if passthrough and ctx.native_body is not None:
+        ctx.usage = provider.parse_native_response(response)  # type: ignore[attr-defined]
+        ctx.response_raw = response.body
         return
     ctx.response, ctx.usage = provider.parse_chat_response(response, dep.upstream)
     if passthrough:
