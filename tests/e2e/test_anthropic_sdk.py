@@ -71,9 +71,12 @@ def _recorded_tool_input() -> dict:
 
 @pytest.fixture(scope="module")
 def servers():
-    with FakeUpstream(_openai_script) as oa, FakeUpstream(_anthropic_script) as an:
-        with GatewayServer(make_settings(_settings(oa.url, an.url))) as gw:
-            yield gw, oa, an
+    with (
+        FakeUpstream(_openai_script) as oa,
+        FakeUpstream(_anthropic_script) as an,
+        GatewayServer(make_settings(_settings(oa.url, an.url))) as gw,
+    ):
+        yield gw, oa, an
 
 
 @pytest.fixture
@@ -81,28 +84,37 @@ def claude(servers) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=servers[0].url, api_key=MASTER, max_retries=0)
 
 
-TOOLS = [{"name": "get_weather", "description": "Weather for a city",
-          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }
+]
 
 
 def test_messages_to_mock_text_stream_and_tools(claude: anthropic.Anthropic) -> None:
-    msg = claude.messages.create(model="mock-gpt", max_tokens=100, system="Be brief.",
-                                 messages=[{"role": "user", "content": "hello claude"}])
+    msg = claude.messages.create(
+        model="mock-gpt", max_tokens=100, system="Be brief.", messages=[{"role": "user", "content": "hello claude"}]
+    )
     assert msg.type == "message" and msg.role == "assistant"
     assert msg.content[0].type == "text" and "hello claude" in msg.content[0].text
     assert msg.stop_reason == "end_turn" and msg.usage.input_tokens > 0 and msg.usage.output_tokens > 0
-    with claude.messages.stream(model="mock-gpt", max_tokens=100,
-                                messages=[{"role": "user", "content": "hello claude"}]) as stream:
+    with claude.messages.stream(
+        model="mock-gpt", max_tokens=100, messages=[{"role": "user", "content": "hello claude"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == msg.content[0].text
     assert final.usage.output_tokens == msg.usage.output_tokens
-    tool_msg = claude.messages.create(model="mock-gpt", max_tokens=100, tools=TOOLS,
-                                      messages=[{"role": "user", "content": "weather in Paris?"}])
+    tool_msg = claude.messages.create(
+        model="mock-gpt", max_tokens=100, tools=TOOLS, messages=[{"role": "user", "content": "weather in Paris?"}]
+    )
     block = next(b for b in tool_msg.content if b.type == "tool_use")
     assert block.name == "get_weather" and "city" in block.input and tool_msg.stop_reason == "tool_use"
-    with claude.messages.stream(model="mock-gpt", max_tokens=100, tools=TOOLS,
-                                messages=[{"role": "user", "content": "weather in Paris?"}]) as stream:
+    with claude.messages.stream(
+        model="mock-gpt", max_tokens=100, tools=TOOLS, messages=[{"role": "user", "content": "weather in Paris?"}]
+    ) as stream:
         streamed = stream.get_final_message()
     assert [b.input for b in streamed.content if b.type == "tool_use"] == [block.input]
 
@@ -118,8 +130,9 @@ def test_messages_to_openai_upstream(servers, claude: anthropic.Anthropic) -> No
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert text.startswith("I'm") and final.usage.output_tokens == 30
-    with claude.messages.stream(model="gpt-up", max_tokens=50, tools=TOOLS,
-                                messages=[{"role": "user", "content": "weather?"}]) as s:
+    with claude.messages.stream(
+        model="gpt-up", max_tokens=50, tools=TOOLS, messages=[{"role": "user", "content": "weather?"}]
+    ) as s:
         final = s.get_final_message()
     calls = [b for b in final.content if b.type == "tool_use"]
     assert [c.name for c in calls] == ["GetWeatherArgs", "get_stock_price"]
@@ -130,15 +143,21 @@ def test_messages_to_openai_upstream(servers, claude: anthropic.Anthropic) -> No
 
 def test_messages_pass_through_to_anthropic(servers, claude: anthropic.Anthropic) -> None:
     _, _, an = servers
-    msg = claude.messages.create(model="claude-up", max_tokens=64, tools=TOOLS, extra_body={"top_k": 5},
-                                 messages=[{"role": "user", "content": "weather?"}])
+    msg = claude.messages.create(
+        model="claude-up",
+        max_tokens=64,
+        tools=TOOLS,
+        extra_body={"top_k": 5},
+        messages=[{"role": "user", "content": "weather?"}],
+    )
     sent = an.requests[-1]
     assert sent.path == "/v1/messages" and sent.headers["x-api-key"] == "sk-ant-upstream"
     assert sent.json()["top_k"] == 5 and sent.json()["model"] == "claude-haiku-4-5-20251001"
     recorded = orjson.loads(_sample("anthropic", "messages_response_text_tool_use_recorded.json"))
     assert msg.model_dump(exclude_none=True)["content"] == recorded["content"]
-    with claude.messages.stream(model="claude-up", max_tokens=64, tools=TOOLS,
-                                messages=[{"role": "user", "content": "weather?"}]) as s:
+    with claude.messages.stream(
+        model="claude-up", max_tokens=64, tools=TOOLS, messages=[{"role": "user", "content": "weather?"}]
+    ) as s:
         final = s.get_final_message()
     assert final.content[0].type == "tool_use" and final.content[0].input == _recorded_tool_input()
 
@@ -147,17 +166,27 @@ def test_openai_sdk_to_anthropic_upstream(servers) -> None:
     gw, _, an = servers
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key=MASTER, max_retries=0)
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": TOOLS[0]["input_schema"]}}]
-    resp = client.chat.completions.create(model="claude-up", messages=[
-        {"role": "system", "content": "sys"}, {"role": "user", "content": "weather?"}], tools=tools)
+    resp = client.chat.completions.create(
+        model="claude-up",
+        messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "weather?"}],
+        tools=tools,
+    )
     sent = an.requests[-1].json()
     assert sent["system"] in ("sys", [{"type": "text", "text": "sys"}])
     assert sent["tools"][0]["name"] == "get_weather" and sent["max_tokens"] > 0
     call = resp.choices[0].message.tool_calls[0]
     assert resp.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
     recorded = orjson.loads(_sample("anthropic", "messages_response_text_tool_use_recorded.json"))
-    assert json.loads(call.function.arguments) == next(b["input"] for b in recorded["content"] if b["type"] == "tool_use")
-    chunks = list(client.chat.completions.create(model="claude-up", messages=[{"role": "user", "content": "hi"}],
-                                                 stream=True, stream_options={"include_usage": True}))
+    tool_use = next(b for b in recorded["content"] if b["type"] == "tool_use")
+    assert json.loads(call.function.arguments) == tool_use["input"]
+    chunks = list(
+        client.chat.completions.create(
+            model="claude-up",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello!"
