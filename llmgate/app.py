@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,17 +17,26 @@ from fastapi import FastAPI
 from llmgate import tokens
 from llmgate.config import Settings
 from llmgate.gateway import Gateway, MasterKeyAuthenticator
+from llmgate.keys import StoreAuthenticator
+from llmgate.logs import RequestLogger, configure_logging, register_settings_secrets, reset_logging
+from llmgate.metrics import Metrics
+from llmgate.prices import CatalogPriceBook, PriceCatalog
 from llmgate.routing import Router, build_providers
+from llmgate.storage import create_store
+from llmgate.surfaces import admin
+from llmgate.surfaces.admin import install_error_handlers
 from llmgate.surfaces.anthropic import AnthropicSurface
 from llmgate.surfaces.health import HealthSurface
 from llmgate.surfaces.http import Handler, Receive, Scope, Send
 from llmgate.surfaces.openai import OpenAISurface
 from llmgate.upstream import UpstreamClient
+from llmgate.usage import UsageSinks, UsageWriter
 
 log = logging.getLogger("llmgate")
 
 
 def build_gateway(settings: Settings) -> Gateway:
+    """The services that need no I/O to build: providers, router, prices."""
     providers = build_providers(settings)
     for name, provider in providers.items():
         if provider.settings.disabled_reason:
@@ -36,7 +46,38 @@ def build_gateway(settings: Settings) -> Gateway:
         client=UpstreamClient(),
         router=Router(settings, providers),
         auth=MasterKeyAuthenticator(settings),
+        prices=CatalogPriceBook(PriceCatalog.load()),
     )
+
+
+async def open_store(gw: Gateway) -> None:
+    """Connect the database, bring its schema up to date, and authenticate keys from it."""
+    store = create_store(gw.settings.gateway.database_url)
+    await asyncio.to_thread(store.upgrade)
+    gw.store = store
+    gw.auth = StoreAuthenticator(store, gw.settings)
+
+
+def start_recording(gw: Gateway) -> Metrics:
+    """Usage records, metrics and the request log: the sinks every settled call reaches."""
+    settings = gw.settings
+    deployments = [d for group in gw.router.groups.values() for d in group]
+    unpriced = gw.prices.unpriced(deployments)
+    if unpriced:
+        log.warning("no price for %s: their calls cost 0 (set `price` in config)", ", ".join(unpriced))
+    metrics = Metrics(known_models=gw.router.groups)
+    writer = UsageWriter.from_settings(gw.store.insert_usage, settings.gateway)
+    writer.start()
+    metrics.bind_usage_writer(writer)
+    stats = getattr(gw.limiter, "stats", None)
+    if stats is not None:
+        metrics.bind_limiter_stats(stats)
+    request_log = RequestLogger() if settings.gateway.log_requests else None
+    if request_log is not None:
+        request_log.start()
+    gw.usage = UsageSinks(writer, metrics, request_log)
+    gw.extras.update(metrics=metrics, usage_writer=writer, request_log=request_log)
+    return metrics
 
 
 class GatewayApp:
@@ -48,11 +89,19 @@ class GatewayApp:
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self.api = FastAPI(title="llmgate", version="0.1.0")
+        self.api.include_router(admin.router)
+        install_error_handlers(self.api)
 
     async def startup(self) -> None:
+        register_settings_secrets(self.settings)
+        configure_logging(os.environ.get("LLMGATE_LOG_LEVEL", "INFO"))
         gw = build_gateway(self.settings)
         self.gw = gw
         self.api.state.gateway = gw
+        await open_store(gw)
+        metrics = start_recording(gw)
+        self.routes[("GET", "/metrics")] = metrics.asgi
+        self.routes[("HEAD", "/metrics")] = metrics.asgi
         openai = OpenAISurface(gw)
         health = HealthSurface(gw)
         for path in ("/v1/chat/completions", "/chat/completions"):
@@ -69,8 +118,19 @@ class GatewayApp:
         asyncio.get_running_loop().run_in_executor(None, tokens.warm_up)
 
     async def shutdown(self) -> None:
-        if self.gw is not None:
-            await self.gw.client.aclose()
+        """After uvicorn has let in-flight requests finish: flush records, close connections."""
+        gw = self.gw
+        if gw is not None:
+            writer = gw.extras.get("usage_writer")
+            if writer is not None:
+                await writer.aclose(timeout=self.settings.gateway.shutdown_grace_s)
+            request_log = gw.extras.get("request_log")
+            if request_log is not None:
+                await request_log.aclose()
+            await gw.client.aclose()
+            if gw.store is not None:
+                gw.store.close()
+        reset_logging()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

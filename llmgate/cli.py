@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -57,7 +56,6 @@ def serve(
             f"(each of {n_workers} workers admits up to the full limit). Set redis_url for exact shared limits.",
             err=True,
         )
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ["LLMGATE_CONFIG"] = str(Path(config).resolve())
     uvicorn.run(
         "llmgate.app:app_from_env",

@@ -108,15 +108,16 @@ class StoreAuthenticator:
     async def authenticate(self, token: str | None) -> KeyInfo:
         if not token:
             raise AuthError("Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`.")
+        key_hash = hash_secret(token)
+        entry = self._cache.get(key_hash)
+        if entry is not None and entry.fresh_until > time.monotonic():
+            return _check(entry)
+        # The master and config keys never enter the cache, so they are checked on every miss.
         try:
             return await self._static.authenticate(token)
         except AuthError:
             pass
-        key_hash = hash_secret(token)
-        entry = self._cache.get(key_hash)
-        if entry is None or entry.fresh_until <= time.monotonic():
-            entry = await self._refresh(key_hash, entry)
-        return _check(entry)
+        return _check(await self._refresh(key_hash, entry))
 
     def invalidate(self, key_id: str | None = None, key_hash: str | None = None) -> None:
         """Forget cached lookups of a key (by id, or by the hash of its secret), so a

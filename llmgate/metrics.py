@@ -2,8 +2,10 @@
 
 One `Metrics` owns its own CollectorRegistry (never the process-global one), so
 tests and several apps in one process do not collide. `observe(ctx)` runs once
-per settled call; labelled children are looked up in plain dicts instead of
-calling `.labels()` each time, which keeps it to a few microseconds.
+per settled call on the event loop, so the per-call figures are plain numbers
+in dicts (`CallStats`), turned into metric families only when scraped — a few
+microseconds per call. Rare events (throttle decisions, upstream errors,
+cooldowns) use prometheus_client counters whose labelled children are cached.
 
 Labels are bounded on purpose: by surface, model group, status, provider,
 deployment — never by key (per-key figures live in the usage reports). Model
@@ -19,13 +21,15 @@ wait for capacity), routing, earlier failed attempts, translation.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.utils import floatToGoString
 
 from llmgate.types import RequestContext
 
@@ -35,7 +39,7 @@ OTHER = "other"
 GATEWAY_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 UPSTREAM_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-_TOKEN_KINDS = ("input", "cached_input", "output", "reasoning")
+TOKEN_KINDS = ("input", "cached_input", "output", "reasoning")
 _NANO = 1e-9
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -81,6 +85,125 @@ class UsageWriterCollector:
         return self.collect()
 
 
+class _Histogram:
+    """Bucket counts and a sum; exported cumulatively at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+class CallStats:
+    """The per-call figures as plain Python numbers, turned into metric families at scrape time.
+
+    `observe` runs on the event loop for every call, so it does dict and list
+    arithmetic only — no locks, no `.labels()` — which is several times cheaper
+    than prometheus_client's own Counter/Histogram children. Cost is summed in
+    integer nano-USD (exact) and shown in USD.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.gateway_added = _Histogram(GATEWAY_LATENCY_BUCKETS)
+        self.upstream: dict[str, _Histogram] = {}
+        self.ttft: dict[str, _Histogram] = {}
+        self.tokens: dict[str, list[int]] = {}  # model -> [input, cached_input, output, reasoning]
+        self.cost_nusd: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "llmgate_requests", "Calls by surface, model and status.", labels=("surface", "model", "status")
+        )
+        for (surface, model, status), count in list(self.requests.items()):
+            requests.add_metric((surface, model, str(status)), count)
+        yield requests
+        added = HistogramMetricFamily(
+            "llmgate_gateway_added_latency_seconds", "Wall time of a call minus the upstream's time."
+        )
+        added.add_metric((), self.gateway_added.buckets(), self.gateway_added.total)
+        yield added
+        yield _histograms(
+            "llmgate_upstream_latency_seconds",
+            "Upstream time of the attempt that answered (streams: until the end).",
+            "provider",
+            self.upstream,
+        )
+        yield _histograms(
+            "llmgate_time_to_first_token_seconds",
+            "From the request's arrival to the first streamed token.",
+            "model",
+            self.ttft,
+        )
+        tokens = CounterMetricFamily("llmgate_tokens", "Tokens by model and kind.", labels=("model", "kind"))
+        for model, counts in list(self.tokens.items()):
+            for kind, count in zip(TOKEN_KINDS, counts, strict=True):
+                tokens.add_metric((model, kind), count)
+        yield tokens
+        cost = CounterMetricFamily("llmgate_cost_usd", "Cost in USD by model.", labels=("model",))
+        for model, nusd in list(self.cost_nusd.items()):
+            cost.add_metric((model,), nusd * _NANO)
+        yield cost
+        retries = CounterMetricFamily(
+            "llmgate_upstream_retries", "Upstream attempts beyond the first.", labels=("model",)
+        )
+        for model, count in list(self.retries.items()):
+            retries.add_metric((model,), count)
+        yield retries
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
+def _histograms(name: str, documentation: str, label: str, by_label: dict[str, _Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=(label,))
+    for value, histogram in list(by_label.items()):
+        family.add_metric((value,), histogram.buckets(), histogram.total)
+    return family
+
+
+class LimiterStatsCollector:
+    """Reads the throttle limiter's `stats` dict (llmgate.throttle.limiter.new_stats) at scrape time."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = dict(self.stats)
+        yield CounterMetricFamily(
+            "llmgate_limiter_store_errors",
+            "Limiter backend (Redis) failures.",
+            value=stats.get("store_errors", 0),
+        )
+        outcomes = CounterMetricFamily(
+            "llmgate_limiter_outcomes",
+            "Limiter outcomes: admitted, queued, throttled, quota_exceeded, store_* fallbacks.",
+            labels=("outcome",),
+        )
+        for outcome, count in sorted(stats.items()):
+            if outcome != "store_errors":
+                outcomes.add_metric((outcome,), count)
+        yield outcomes
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
 class Metrics:
     """The gateway's counters and histograms, in a registry of their own."""
 
@@ -91,38 +214,9 @@ class Metrics:
         self.known_models = frozenset(known_models) if known_models is not None else None
         self.max_models = max_models
         self._model_labels: dict[str, str] = {}
+        self.calls = CallStats()
         r = self.registry
-        self.requests = _Children(
-            Counter(
-                "llmgate_requests", "Calls by surface, model and status.", ("surface", "model", "status"), registry=r
-            )
-        )
-        self.gateway_added_latency = Histogram(
-            "llmgate_gateway_added_latency_seconds",
-            "Wall time of a call minus the upstream's time.",
-            buckets=GATEWAY_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.upstream_latency = _Children(
-            Histogram(
-                "llmgate_upstream_latency_seconds",
-                "Upstream time of the attempt that answered (streams: until the end).",
-                ("provider",),
-                buckets=UPSTREAM_LATENCY_BUCKETS,
-                registry=r,
-            )
-        )
-        self.ttft = _Children(
-            Histogram(
-                "llmgate_time_to_first_token_seconds",
-                "From the request's arrival to the first streamed token.",
-                ("model",),
-                buckets=TTFT_BUCKETS,
-                registry=r,
-            )
-        )
-        self.tokens = _Children(Counter("llmgate_tokens", "Tokens by model and kind.", ("model", "kind"), registry=r))
-        self.cost = _Children(Counter("llmgate_cost_usd", "Cost in USD by model.", ("model",), registry=r))
+        r.register(self.calls)
         self.throttle = _Children(
             Counter(
                 "llmgate_throttle_decisions",
@@ -134,16 +228,9 @@ class Metrics:
         self.upstream_errors = _Children(
             Counter("llmgate_upstream_errors", "Failed upstream attempts.", ("provider", "code"), registry=r)
         )
-        self.retries = _Children(
-            Counter("llmgate_upstream_retries", "Upstream attempts beyond the first.", ("model",), registry=r)
-        )
         self.cooldowns = _Children(
             Counter("llmgate_deployment_cooldowns", "Deployments put in cooldown.", ("deployment",), registry=r)
         )
-        self.limiter_store_errors = Counter(
-            "llmgate_limiter_store_errors", "Limiter backend (Redis) failures.", registry=r
-        )
-        self._tokens_by_model: dict[str, tuple[Any, Any, Any, Any]] = {}
         if process_metrics:
             ProcessCollector(registry=r)
 
@@ -152,29 +239,36 @@ class Metrics:
     def observe(self, ctx: RequestContext, now: float | None = None) -> None:
         """Count one settled call. `now` is a perf_counter reading (default: now)."""
         end = time.perf_counter() if now is None else now
+        calls = self.calls
         model = self._model_label(ctx.model)
-        self.requests.get(ctx.surface, model, ctx.status).inc()
+        key = (ctx.surface, model, ctx.status)
+        calls.requests[key] = calls.requests.get(key, 0) + 1
         upstream = ctx.upstream_latency
         if upstream > 0 and ctx.deployment is not None:
-            self.upstream_latency.get(ctx.deployment.provider.name).observe(upstream)
-        self.gateway_added_latency.observe(max(0.0, end - ctx.started - upstream))
+            provider = ctx.deployment.provider.name
+            histogram = calls.upstream.get(provider)
+            if histogram is None:
+                histogram = calls.upstream[provider] = _Histogram(UPSTREAM_LATENCY_BUCKETS)
+            histogram.observe(upstream)
+        calls.gateway_added.observe(max(0.0, end - ctx.started - upstream))
         if ctx.first_token_at:
-            self.ttft.get(model).observe(ctx.first_token_at - ctx.started)
+            histogram = calls.ttft.get(model)
+            if histogram is None:
+                histogram = calls.ttft[model] = _Histogram(TTFT_BUCKETS)
+            histogram.observe(ctx.first_token_at - ctx.started)
         usage = ctx.usage
         if usage is not None:
-            inputs, cached, outputs, reasoning = self._token_children(model)
-            if usage.input_tokens:
-                inputs.inc(usage.input_tokens)
-            if usage.cached_input_tokens:
-                cached.inc(usage.cached_input_tokens)
-            if usage.output_tokens:
-                outputs.inc(usage.output_tokens)
-            if usage.reasoning_tokens:
-                reasoning.inc(usage.reasoning_tokens)
+            counts = calls.tokens.get(model)
+            if counts is None:
+                counts = calls.tokens[model] = [0, 0, 0, 0]
+            counts[0] += usage.input_tokens
+            counts[1] += usage.cached_input_tokens
+            counts[2] += usage.output_tokens
+            counts[3] += usage.reasoning_tokens
         if ctx.cost_nusd:
-            self.cost.get(model).inc(ctx.cost_nusd * _NANO)
+            calls.cost_nusd[model] = calls.cost_nusd.get(model, 0) + ctx.cost_nusd
         if ctx.attempts > 1:
-            self.retries.get(model).inc(ctx.attempts - 1)
+            calls.retries[model] = calls.retries.get(model, 0) + ctx.attempts - 1
 
     record = observe  # a Metrics is also a UsageSink (see llmgate.usage.UsageSinks)
 
@@ -186,12 +280,6 @@ class Metrics:
             if label != OTHER:
                 self._model_labels[model] = label
         return label
-
-    def _token_children(self, model: str) -> tuple[Any, Any, Any, Any]:
-        children = self._tokens_by_model.get(model)
-        if children is None:
-            children = self._tokens_by_model[model] = tuple(self.tokens.get(model, k) for k in _TOKEN_KINDS)  # type: ignore[assignment]
-        return children  # type: ignore[return-value]
 
     # --- events from other parts -----------------------------------------------------
 
@@ -206,8 +294,9 @@ class Metrics:
     def cooldown(self, deployment: str) -> None:
         self.cooldowns.get(deployment).inc()
 
-    def limiter_store_error(self) -> None:
-        self.limiter_store_errors.inc()
+    def bind_limiter_stats(self, stats: dict[str, int]) -> None:
+        """Expose the limiter's own counters (`ThrottleLimiter.stats`): store errors and outcomes."""
+        self.registry.register(LimiterStatsCollector(stats))
 
     def bind_usage_writer(self, writer: Any) -> None:
         """Expose the usage writer's queue depth and written/spilled/dropped totals."""

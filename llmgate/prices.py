@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmgate.config import Price
+from llmgate.config import ModelSettings, Price
 from llmgate.gateway import PriceBook
 
 _PRICE_FIELDS = ("input", "cached_input", "cache_write", "output")
@@ -153,10 +153,12 @@ class CatalogPriceBook(PriceBook):
     def price_for(self, deployment: Any) -> Price | None:
         price = self._by_deployment.get(deployment, _UNSET)
         if price is _UNSET:
-            model = deployment.model
-            price = model.price if model.price is not None else self.catalog.resolve(model.upstream_model)
-            self._by_deployment[deployment] = price
+            price = self._by_deployment[deployment] = self.price_of_model(deployment.model)
         return price  # type: ignore[return-value]
+
+    def price_of_model(self, model: ModelSettings) -> Price | None:
+        """The same answer for a `[[models]]` entry (the limiter's cost estimate takes this)."""
+        return model.price if model.price is not None else self.catalog.resolve(model.upstream_model)
 
     def unpriced(self, deployments: Iterable[Any]) -> list[str]:
         """Labels of the deployments neither config nor catalog prices (for a start-up warning)."""

@@ -16,7 +16,11 @@ race the appends, which happen there too):
   `<spill_path>.replay.offset` (written atomically). A replay that fails half way
   (or a process that dies) resumes from that offset, so a row is neither lost
   nor written twice (except the one batch a hard crash may catch between its
-  commit and the offset update). Both files are removed once the replay is done.
+  commit and the offset update). Both files are removed once the replay is done;
+- a spilled batch the database keeps refusing while it accepts new rows (rows
+  from an older schema, say) is moved to `<spill_path>.rejected` for an operator,
+  so it cannot block usage recording forever.
+After `aclose`, a late `record` goes straight to the spill file.
 """
 
 from __future__ import annotations
@@ -68,6 +72,15 @@ USAGE_COLUMNS = (
 )
 
 
+# Caller-chosen strings are clipped to their column's size: one over-long model name
+# must not make PostgreSQL refuse a whole batch, again and again.
+_MAX_ID = 200
+
+
+def _clip(value: str | None, size: int = _MAX_ID) -> str | None:
+    return value[:size] if value is not None and len(value) > size else value
+
+
 def build_usage_row(ctx: RequestContext, now: float | None = None) -> UsageRow:
     """The `usage` table row for a settled call. `now` is a perf_counter reading (default: now)."""
     end = time.perf_counter() if now is None else now
@@ -77,12 +90,12 @@ def build_usage_row(ctx: RequestContext, now: float | None = None) -> UsageRow:
     error = ctx.error
     return {
         "ts": datetime.fromtimestamp(ctx.started_wall, tz=UTC),
-        "request_id": ctx.request_id,
+        "request_id": _clip(ctx.request_id),
         "key_id": key.id if key is not None else None,
         "key_name": key.name if key is not None else None,
         "team": key.team if key is not None else None,
         "surface": ctx.surface,
-        "model": ctx.model,
+        "model": _clip(ctx.model),
         "deployment": dep.label if dep is not None else None,
         "provider": dep.provider.name if dep is not None else None,
         "status": ctx.status,
@@ -92,10 +105,10 @@ def build_usage_row(ctx: RequestContext, now: float | None = None) -> UsageRow:
         "output_tokens": usage.output_tokens if usage is not None else 0,
         "reasoning_tokens": usage.reasoning_tokens if usage is not None else 0,
         "cost_nusd": int(ctx.cost_nusd),
-        "latency_ms": round((end - ctx.started) * 1000),
-        "ttft_ms": round((ctx.first_token_at - ctx.started) * 1000) if ctx.first_token_at else None,
+        "latency_ms": round((end - ctx.started) * 1000, 3),
+        "ttft_ms": round((ctx.first_token_at - ctx.started) * 1000, 3) if ctx.first_token_at else None,
         "estimated": bool(usage.estimated) if usage is not None else False,
-        "prompt_name": ctx.prompt_name,
+        "prompt_name": _clip(ctx.prompt_name),
         "prompt_version": ctx.prompt_version,
         "error_code": (error.code or str(error.status)) if error is not None else None,
     }
@@ -165,6 +178,7 @@ class UsageWriter:
         self.spill_path = Path(spill_path)
         self.replay_path = self.spill_path.with_name(self.spill_path.name + ".replay")
         self.offset_path = self.spill_path.with_name(self.spill_path.name + ".replay.offset")
+        self.rejected_path = self.spill_path.with_name(self.spill_path.name + ".rejected")
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.buffer_max = max(buffer_max, 1)
@@ -176,6 +190,10 @@ class UsageWriter:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        self._closed = False
+        # A spilled batch the database refuses while it takes new rows: (rows, offset after them), strikes.
+        self._refused: tuple[list[UsageRow], int] | None = None
+        self._refused_strikes = 0
         # Overflow spills when the buffer grows past this depth; raised after a failed spill
         # so a broken disk is not retried on every record.
         self._spill_threshold = self.buffer_max
@@ -184,6 +202,7 @@ class UsageWriter:
         self.replayed_total = 0
         self.dropped_total = 0
         self.corrupt_lines_total = 0
+        self.rejected_total = 0
         self.insert_errors_total = 0
 
     @classmethod
@@ -215,6 +234,10 @@ class UsageWriter:
         self.add_row(row)
 
     def add_row(self, row: UsageRow) -> None:
+        if self._closed:  # a call settled after shutdown: straight to the file, replayed at next start
+            self._buffer.append(row)
+            self._spill_remaining()
+            return
         buffer = self._buffer
         buffer.append(row)
         depth = len(buffer)
@@ -248,7 +271,8 @@ class UsageWriter:
             self._task = asyncio.create_task(self._run(), name="llmgate-usage-writer")
 
     async def aclose(self, timeout: float = 10.0) -> None:
-        """Flush everything; what cannot be written within `timeout` is spilled to the file."""
+        """Flush everything; what cannot be written within `timeout` is spilled to the file.
+        Rows recorded after this go straight to the spill file."""
         self._stop.set()
         self._wake.set()
         task, self._task = self._task, None
@@ -262,6 +286,7 @@ class UsageWriter:
         else:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain(), timeout)
+        self._closed = True
         self._spill_remaining()
 
     def _spill_remaining(self) -> None:
@@ -280,15 +305,24 @@ class UsageWriter:
         log.warning("usage: %d rows spilled to %s at shutdown; replayed at next start", len(rows), self.spill_path)
 
     async def _run(self) -> None:
-        drained = await self._drain()
+        drained = await self._guarded_drain()
         while not self._stop.is_set():
             delay = self.flush_interval_s if drained else self._backoff()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_or_stop(drained), delay)
             self._wake.clear()
-            drained = await self._drain()
+            drained = await self._guarded_drain()
         if drained and self._buffer:  # rows recorded during the last drain
-            await self._drain()
+            await self._guarded_drain()
+
+    async def _guarded_drain(self) -> bool:
+        """The flusher must outlive any surprise: log it and back off like a failed insert."""
+        try:
+            return await self._drain()
+        except Exception:
+            self._failures += 1
+            log.exception("usage writer: unexpected error while writing; retrying")
+            return False
 
     async def _wake_or_stop(self, drained: bool) -> None:
         # While backing off after a failure only a stop cuts the wait short.
@@ -301,10 +335,47 @@ class UsageWriter:
     # --- writing ----------------------------------------------------------------------
 
     async def _drain(self) -> bool:
-        """Replay the spill file, then write the buffer. False when an insert failed."""
+        """Replay the spill files, then write the buffer. False when anything is left to retry.
+
+        A failing replay does not hold the buffer back: if the database takes the
+        buffer's rows but keeps refusing one spilled batch (say, rows from an older
+        schema), that batch is set aside in the `.rejected` file after three tries.
+        """
+        replayed = await self._replay_spills()
+        written_before = self.written_total
+        buffered = await self._write_buffer()
+        if not replayed and self._refused is not None and self.written_total > written_before:
+            self._refused_strikes += 1
+            if self._refused_strikes >= 3:
+                self._reject_refused_batch()
+        return replayed and buffered
+
+    async def _replay_spills(self) -> bool:
         while self._has_spill():  # a replay may leave a newer spill file behind it
-            if not await self._replay():
+            try:
+                if not await self._replay():
+                    return False
+            except OSError:
+                self._failures += 1
+                log.exception("usage replay of %s failed; retrying", self.spill_path)
                 return False
+        return True
+
+    def _reject_refused_batch(self) -> None:
+        assert self._refused is not None
+        rows, next_offset = self._refused
+        append_rows(self.rejected_path, rows)
+        write_atomically(self.offset_path, str(next_offset).encode())
+        self.rejected_total += len(rows)
+        self._refused = None
+        self._refused_strikes = 0
+        log.error(
+            "usage: the database keeps refusing %d spilled rows it cannot take; set aside in %s",
+            len(rows),
+            self.rejected_path,
+        )
+
+    async def _write_buffer(self) -> bool:
         while self._buffer:
             count = min(self.batch_size, len(self._buffer))
             batch = [self._buffer.popleft() for _ in range(count)]
@@ -355,8 +426,11 @@ class UsageWriter:
                 try:
                     await asyncio.to_thread(self._insert, rows)
                 except Exception:
+                    self._refused = (rows, next_offset)
                     self._insert_failed(len(rows))
                     return False
+                self._refused = None
+                self._refused_strikes = 0
                 self.written_total += len(rows)
                 self.replayed_total += len(rows)
                 self._failures = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +27,14 @@ from llmgate.config import Settings, parse_settings
 
 
 def make_settings(doc: dict[str, Any]) -> Settings:
-    return parse_settings(doc, "test-config")
+    """Settings for a test gateway; its SQLite database and spill file go to a fresh temp dir."""
+    gateway = dict(doc.get("gateway") or {})
+    if "database_url" not in gateway or "usage_spill_path" not in gateway:
+        tmp = tempfile.mkdtemp(prefix="llmgate-test-")
+        gateway.setdefault("database_url", f"sqlite:///{tmp}/gateway.db")
+        gateway.setdefault("usage_spill_path", f"{tmp}/spill.jsonl")
+    gateway.setdefault("log_requests", False)
+    return parse_settings({**doc, "gateway": gateway}, "test-config")
 
 
 class _Thread:

@@ -1,0 +1,540 @@
+"""Every query the gateway makes, behind one synchronous `Store` (async callers use asyncio.to_thread).
+
+SQLite (the embedded default) and PostgreSQL (several instances) behave the same:
+all SQL is built by SQLAlchemy from the table models, never from strings, and
+reports aggregate in the database over integer nano-USD, so a report's total is
+exactly the sum of its calls. The schema is owned by the Alembic migrations in
+migrations/, which `upgrade()` runs to head without any file on disk beyond the
+package.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import ColumnElement, Engine, case, create_engine, delete, event, func, literal, literal_column, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+from llmgate.cost import format_usd
+from llmgate.keys import display_prefix, generate_key_id, generate_secret, hash_secret
+from llmgate.storage.models import (
+    USAGE_COLUMNS,
+    KeyRow,
+    PromptLabelRow,
+    PromptVersionRow,
+    TeamRow,
+    UsageRow,
+    utc_now,
+)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Fields an operator may set on a key or a team; everything else (id, hash, revoked, ...) is the store's.
+KEY_FIELDS = frozenset(
+    {
+        "name",
+        "team",
+        "models",
+        "prompts",
+        "rpm",
+        "rps",
+        "tpm",
+        "tpd",
+        "max_concurrency",
+        "max_wait_ms",
+        "budget_usd",
+        "budget_period",
+        "priority",
+        "expires_at",
+        "metadata",
+    }
+)
+TEAM_FIELDS = frozenset({"description", "rpm", "tpm", "budget_usd", "budget_period", "metadata"})
+GROUP_BY_CHOICES = ("key", "team", "model", "day", "prompt")
+# The columns each group_by choice adds to a report row.
+REPORT_GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "key": ("key_id", "key_name"),
+    "team": ("team",),
+    "model": ("model",),
+    "day": ("day",),
+    "prompt": ("prompt_name",),
+}
+# The totals every report row carries (integers), before `cost_usd`.
+REPORT_TOTAL_FIELDS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost_nusd",
+)
+
+# Two instances adding a prompt version at once both pick max+1; the loser retries.
+_VERSION_ATTEMPTS = 5
+# Only PostgreSQL needs it: two instances starting at once must not both run the migrations.
+_MIGRATION_LOCK_ID = 0x6C6C6D67617465
+
+
+class DuplicateError(Exception):
+    """The record already exists (a team name taken)."""
+
+
+class MissingError(LookupError):
+    """A record the call refers to does not exist."""
+
+
+class Store:
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.engine = _build_engine(database_url)
+        self.dialect = self.engine.dialect.name
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Run the migrations to head; a no-op when the schema is current, data kept."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(literal(1)))
+        except Exception:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- keys --------------------------------------------------------------------------------------
+
+    def create_key(self, **fields: Any) -> tuple[dict[str, Any], str]:
+        """A new key from operator fields (`name` required); returns (record, secret).
+        The secret exists only in this return value."""
+        values = _key_values(fields)
+        if not values.get("name"):
+            raise ValueError("a key needs a name")
+        secret = generate_secret()
+        now = utc_now()
+        row = KeyRow(
+            id=generate_key_id(),
+            key_hash=hash_secret(secret),
+            display_prefix=display_prefix(secret),
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+        with self._session() as session:
+            session.add(row)
+        return _key_record(row), secret
+
+    def get_key(self, key_id: str) -> dict[str, Any] | None:
+        with self._session() as session:
+            row = session.get(KeyRow, key_id)
+            return _key_record(row) if row is not None else None
+
+    def get_key_by_hash(self, key_hash: str) -> dict[str, Any] | None:
+        with self._session() as session:
+            row = session.scalars(select(KeyRow).where(KeyRow.key_hash == key_hash)).first()
+            return _key_record(row) if row is not None else None
+
+    def list_keys(self, team: str | None = None, include_revoked: bool = False) -> list[dict[str, Any]]:
+        stmt = select(KeyRow).order_by(KeyRow.created_at, KeyRow.id)
+        if team is not None:
+            stmt = stmt.where(KeyRow.team == team)
+        if not include_revoked:
+            stmt = stmt.where(KeyRow.revoked.is_(False))
+        with self._session() as session:
+            return [_key_record(row) for row in session.scalars(stmt)]
+
+    def update_key(self, key_id: str, **fields: Any) -> dict[str, Any] | None:
+        """Set the given operator fields (None clears one); None when there is no such key."""
+        values = _key_values(fields)
+        if "name" in values and not values["name"]:
+            raise ValueError("a key needs a name")
+        with self._session() as session:
+            row = session.get(KeyRow, key_id)
+            if row is None:
+                return None
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = utc_now()
+            return _key_record(row)
+
+    def revoke_key(self, key_id: str) -> dict[str, Any] | None:
+        """Mark a key revoked for good (kept for reports); None when there is no such key."""
+        with self._session() as session:
+            row = session.get(KeyRow, key_id)
+            if row is None:
+                return None
+            if not row.revoked:
+                row.revoked = True
+                row.revoked_at = row.updated_at = utc_now()
+            return _key_record(row)
+
+    # -- teams -------------------------------------------------------------------------------------
+
+    def create_team(self, name: str, **fields: Any) -> dict[str, Any]:
+        row = TeamRow(name=name, created_at=utc_now(), **_team_values(fields))
+        try:
+            with self._session() as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise DuplicateError(f"team {name!r} already exists") from exc
+        return _team_record(row)
+
+    def get_team(self, name: str) -> dict[str, Any] | None:
+        with self._session() as session:
+            row = session.get(TeamRow, name)
+            return _team_record(row) if row is not None else None
+
+    def list_teams(self) -> list[dict[str, Any]]:
+        with self._session() as session:
+            return [_team_record(row) for row in session.scalars(select(TeamRow).order_by(TeamRow.name))]
+
+    def update_team(self, name: str, **fields: Any) -> dict[str, Any] | None:
+        values = _team_values(fields)
+        with self._session() as session:
+            row = session.get(TeamRow, name)
+            if row is None:
+                return None
+            for field, value in values.items():
+                setattr(row, field, value)
+            return _team_record(row)
+
+    def delete_team(self, name: str) -> bool:
+        """Remove a team; its keys keep the team name (usage stays grouped under it)."""
+        with self._session() as session:
+            return session.execute(delete(TeamRow).where(TeamRow.name == name)).rowcount > 0
+
+    # -- usage -------------------------------------------------------------------------------------
+
+    def insert_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Insert one batch of usage records in one transaction; raises on failure (the caller retries).
+        `ts` may be an aware datetime or an ISO 8601 string."""
+        if not rows:
+            return
+        batch = [_usage_values(row) for row in rows]
+        with self.engine.begin() as conn:
+            conn.execute(UsageRow.__table__.insert(), batch)
+
+    def cost_report(
+        self,
+        group_by: list[str],
+        start: date | None,
+        end: date | None,
+        key_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Usage totals per group, aggregated in SQL. `end` is inclusive (the whole UTC day).
+        An empty `group_by` gives one row of totals."""
+        groups = _unique(group_by)
+        unknown = [g for g in groups if g not in GROUP_BY_CHOICES]
+        if unknown:
+            raise ValueError(f"unknown group_by {unknown[0]!r} (one of: {', '.join(GROUP_BY_CHOICES)})")
+        keyed: list[ColumnElement[Any]] = []
+        shown: list[ColumnElement[Any]] = []
+        for group in groups:
+            if group == "key":
+                keyed.append(UsageRow.key_id.label("key_id"))
+                # A renamed key stays one row: the group is the id, the name is the latest seen.
+                shown.append(func.max(UsageRow.key_name).label("key_name"))
+            elif group == "day":
+                keyed.append(self._day(UsageRow.ts).label("day"))
+            elif group == "prompt":
+                keyed.append(UsageRow.prompt_name.label("prompt_name"))
+            else:
+                keyed.append(getattr(UsageRow, group).label(group))
+        stmt = select(*keyed, *shown, *_totals())
+        stmt = _within(stmt, start, end)
+        if key_id is not None:
+            stmt = stmt.where(UsageRow.key_id == key_id)
+        if keyed:
+            stmt = stmt.group_by(*keyed).order_by(*keyed)
+        columns = [column for group in groups for column in REPORT_GROUP_COLUMNS[group]]
+        with self.engine.connect() as conn:
+            return [_report_row(row._mapping, columns) for row in conn.execute(stmt)]
+
+    def spend_by_key(self, since: datetime) -> dict[str, int]:
+        """nano-USD spent per key since `since`."""
+        return self._sum_by(UsageRow.key_id, UsageRow.cost_nusd, since)
+
+    def spend_by_team(self, since: datetime) -> dict[str, int]:
+        """nano-USD spent per team since `since`."""
+        return self._sum_by(UsageRow.team, UsageRow.cost_nusd, since)
+
+    def tokens_by_key(self, since: datetime) -> dict[str, int]:
+        """Input plus output tokens per key since `since`."""
+        return self._sum_by(UsageRow.key_id, UsageRow.input_tokens + UsageRow.output_tokens, since)
+
+    def _sum_by(self, column: Any, amount: Any, since: datetime) -> dict[str, int]:
+        stmt = (
+            select(column, func.coalesce(func.sum(amount), 0))
+            .where(UsageRow.ts >= since, column.is_not(None))
+            .group_by(column)
+        )
+        with self.engine.connect() as conn:
+            return {name: int(total) for name, total in conn.execute(stmt)}
+
+    def _day(self, ts: Any) -> ColumnElement[str]:
+        """The UTC day of a timestamp as YYYY-MM-DD (SQLite keeps naive UTC text already)."""
+        if self.dialect == "postgresql":
+            # Constant SQL literals, not bound parameters: PostgreSQL must see the same
+            # expression in SELECT and GROUP BY.
+            return func.to_char(func.timezone(literal_column("'UTC'"), ts), literal_column("'YYYY-MM-DD'"))
+        return func.date(ts)
+
+    # -- prompts -----------------------------------------------------------------------------------
+
+    def add_prompt_version(self, name: str, document: dict[str, Any], source: str) -> int:
+        """Store `document` as the next version of `name`; an unchanged document returns the latest version."""
+        document = json.loads(json.dumps(document))
+        for attempt in range(_VERSION_ATTEMPTS):
+            try:
+                with self._session() as session:
+                    latest = session.scalars(
+                        select(PromptVersionRow)
+                        .where(PromptVersionRow.name == name)
+                        .order_by(PromptVersionRow.version.desc())
+                        .limit(1)
+                    ).first()
+                    if latest is not None and latest.document == document:
+                        return latest.version
+                    version = (latest.version if latest is not None else 0) + 1
+                    session.add(PromptVersionRow(name=name, version=version, document=document, source=source))
+                return version
+            except IntegrityError:
+                if attempt == _VERSION_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def get_prompt_version(self, name: str, version: int) -> dict[str, Any] | None:
+        with self._session() as session:
+            row = session.get(PromptVersionRow, (name, version))
+            return _prompt_record(row) if row is not None else None
+
+    def latest_prompt_version(self, name: str) -> int | None:
+        with self._session() as session:
+            return session.scalar(select(func.max(PromptVersionRow.version)).where(PromptVersionRow.name == name))
+
+    def list_prompt_names(self) -> list[str]:
+        stmt = select(PromptVersionRow.name).distinct().order_by(PromptVersionRow.name)
+        with self._session() as session:
+            return list(session.scalars(stmt))
+
+    def list_prompt_versions(self, name: str) -> list[dict[str, Any]]:
+        stmt = select(PromptVersionRow).where(PromptVersionRow.name == name).order_by(PromptVersionRow.version)
+        with self._session() as session:
+            return [_prompt_record(row) for row in session.scalars(stmt)]
+
+    def set_prompt_label(self, name: str, label: str, version: int) -> None:
+        """Point `label` at `version` of `name`; raises MissingError for an unknown version."""
+        with self._session() as session:
+            if session.get(PromptVersionRow, (name, version)) is None:
+                raise MissingError(f"prompt {name!r} has no version {version}")
+            row = session.get(PromptLabelRow, (name, label))
+            if row is None:
+                session.add(PromptLabelRow(name=name, label=label, version=version))
+            else:
+                row.version = version
+
+    def prompt_labels(self, name: str) -> dict[str, int]:
+        stmt = select(PromptLabelRow.label, PromptLabelRow.version).where(PromptLabelRow.name == name)
+        with self._session() as session:
+            return {label: version for label, version in session.execute(stmt)}
+
+    def delete_prompt(self, name: str) -> bool:
+        """Delete every version and label of a prompt; False when there was none."""
+        with self._session() as session:
+            session.execute(delete(PromptLabelRow).where(PromptLabelRow.name == name))
+            deleted = session.execute(delete(PromptVersionRow).where(PromptVersionRow.name == name))
+            return deleted.rowcount > 0
+
+
+def create_store(database_url: str) -> Store:
+    """A Store for a SQLAlchemy URL (`sqlite:///path` or `postgresql+psycopg://...`).
+    Call `upgrade()` before first use to create or migrate the schema."""
+    return Store(database_url)
+
+
+def _build_engine(database_url: str) -> Engine:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    in_memory = url.database in (None, "", ":memory:")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        poolclass=StaticPool if in_memory else None,
+    )
+    if not in_memory:
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the usage writer, the admin API and other worker processes share the file.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _totals() -> list[ColumnElement[Any]]:
+    def total(column: Any, label: str) -> ColumnElement[Any]:
+        return func.coalesce(func.sum(column), 0).label(label)
+
+    return [
+        func.count().label("requests"),
+        total(case((UsageRow.status >= 400, 1), else_=0), "errors"),
+        total(UsageRow.input_tokens, "input_tokens"),
+        total(UsageRow.cached_input_tokens, "cached_input_tokens"),
+        total(UsageRow.cache_write_tokens, "cache_write_tokens"),
+        total(UsageRow.output_tokens, "output_tokens"),
+        total(UsageRow.reasoning_tokens, "reasoning_tokens"),
+        total(UsageRow.cost_nusd, "cost_nusd"),
+    ]
+
+
+def _within(stmt: Any, start: date | None, end: date | None) -> Any:
+    if start is not None:
+        stmt = stmt.where(UsageRow.ts >= datetime.combine(start, time.min, UTC))
+    if end is not None:
+        stmt = stmt.where(UsageRow.ts < datetime.combine(end + timedelta(days=1), time.min, UTC))
+    return stmt
+
+
+def _report_row(mapping: Any, columns: list[str]) -> dict[str, Any]:
+    row = {column: mapping[column] for column in columns}
+    for name in REPORT_TOTAL_FIELDS:
+        row[name] = int(mapping[name] or 0)  # PostgreSQL sums bigints as numeric
+    row["cost_usd"] = format_usd(row["cost_nusd"])
+    return row
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _decimal_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"budget_usd must be a non-negative amount, got {value!r}")
+    return f"{amount:f}"
+
+
+def _operator_values(fields: dict[str, Any], allowed: frozenset[str], what: str) -> dict[str, Any]:
+    unknown = sorted(set(fields) - allowed)
+    if unknown:
+        raise ValueError(f"unknown {what} field {unknown[0]!r}")
+    values = dict(fields)
+    if "metadata" in values:
+        values["meta"] = values.pop("metadata")
+    if "budget_usd" in values:
+        values["budget_usd"] = _decimal_text(values["budget_usd"])
+    return values
+
+
+def _key_values(fields: dict[str, Any]) -> dict[str, Any]:
+    values = _operator_values(fields, KEY_FIELDS, "key")
+    for name in ("models", "prompts"):
+        if values.get(name) is not None:
+            values[name] = list(values[name])
+    return values
+
+
+def _team_values(fields: dict[str, Any]) -> dict[str, Any]:
+    return _operator_values(fields, TEAM_FIELDS, "team")
+
+
+def _key_record(row: KeyRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "display_prefix": row.display_prefix,
+        "team": row.team,
+        "models": row.models,
+        "prompts": row.prompts,
+        "rpm": row.rpm,
+        "rps": row.rps,
+        "tpm": row.tpm,
+        "tpd": row.tpd,
+        "max_concurrency": row.max_concurrency,
+        "max_wait_ms": row.max_wait_ms,
+        "budget_usd": row.budget_usd,
+        "budget_period": row.budget_period,
+        "priority": row.priority,
+        "expires_at": row.expires_at,
+        "metadata": row.meta,
+        "revoked": row.revoked,
+        "revoked_at": row.revoked_at,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def _team_record(row: TeamRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "description": row.description,
+        "rpm": row.rpm,
+        "tpm": row.tpm,
+        "budget_usd": row.budget_usd,
+        "budget_period": row.budget_period,
+        "metadata": row.meta,
+        "created_at": row.created_at,
+    }
+
+
+def _prompt_record(row: PromptVersionRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "version": row.version,
+        "document": row.document,
+        "source": row.source,
+        "created_at": row.created_at,
+    }
+
+
+_USAGE_DEFAULTS: dict[str, Any] = {
+    "input_tokens": 0,
+    "cached_input_tokens": 0,
+    "cache_write_tokens": 0,
+    "output_tokens": 0,
+    "reasoning_tokens": 0,
+    "cost_nusd": 0,
+    "latency_ms": 0.0,
+    "estimated": False,
+}
+
+
+def _usage_values(row: dict[str, Any]) -> dict[str, Any]:
+    """One row with every usage column (executemany needs the same keys in each)."""
+    unknown = set(row) - set(USAGE_COLUMNS) - {"id"}
+    if unknown:
+        raise ValueError(f"unknown usage column {sorted(unknown)[0]!r}")
+    return {column: row.get(column, _USAGE_DEFAULTS.get(column)) for column in USAGE_COLUMNS}
