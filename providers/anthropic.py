@@ -11,7 +11,7 @@ Choices worth knowing:
 - `response_format: json_schema` becomes `output_config.format` (Anthropic's
   structured outputs, `{"type": "json_schema", "schema": ...}` per the SDK's
   `OutputConfigParam`); the JSON arrives as ordinary text, streamed or not.
-  Models without structured outputs refuse it upstream (a 400 naming it).
+  Models without structured outputs refuse it upstream with a 400.
   `json_object` has no Anthropic form and is refused.
 - Canonical fields Anthropic cannot express (n > 1, logprobs, penalties, seed,
   audio, ...) and unknown fields raise InvalidRequest naming the field. Fields
@@ -72,24 +72,8 @@ _ERROR_STATUS = {
 
 # Canonical fields translated below, and fields that do not change the answer.
 _TRANSLATED = frozenset(
-    {
-        "model",
-        "messages",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "stop",
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "response_format",
-        "user",
-        "safety_identifier",
-        "stream",
-        "top_k",
-        "thinking",
-    }
+    {"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "stop", "temperature", "top_p", "max_tokens"}
+    | {"max_completion_tokens", "response_format", "user", "safety_identifier", "stream", "top_k", "thinking"}
 )
 _IGNORED = frozenset({"store", "metadata", "service_tier", "stream_options", "prompt_cache_key"})
 
@@ -604,8 +588,6 @@ class AnthropicStreamParser:
     versions, the input and cache figures again).
     """
 
-    __slots__ = ("_counts", "_created", "_finished", "_id", "_tool_index", "done", "model", "provider", "usage")
-
     def __init__(self, provider: str, model: str) -> None:
         self.provider = provider
         self.model = model
@@ -614,7 +596,8 @@ class AnthropicStreamParser:
         self._id = ""
         self._created = int(time.time())
         self._counts: dict[str, Any] = {}
-        self._tool_index: dict[int, int] = {}
+        self._tool_index: dict[int, int] = {}  # content block index -> tool-call index
+        self._argued: set[int] = set()  # tool blocks that produced argument text
         self._finished = False
 
     def _load(self, event: SSEEvent) -> dict[str, Any]:
@@ -653,6 +636,8 @@ class AnthropicStreamParser:
             return self._block_start(data)
         if kind == "content_block_delta":
             return self._block_delta(data)
+        if kind == "content_block_stop":
+            return self._block_stop(data)
         if kind == "message_delta":
             self._count(data.get("usage"))
             reason = (data.get("delta") or {}).get("stop_reason")
@@ -664,18 +649,22 @@ class AnthropicStreamParser:
             self.done = True
         elif kind == "error":
             raise map_stream_error(self.provider, event.data)
-        return []  # ping, content_block_stop and event types added after this adapter was written
+        return []  # ping, and event types added after this adapter was written
 
     def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         block = data.get("content_block") or {}
         if block.get("type") == "tool_use":
+            index = int(data.get("index", 0))
             tool_index = len(self._tool_index)
-            self._tool_index[int(data.get("index", 0))] = tool_index
+            self._tool_index[index] = tool_index
+            arguments = orjson.dumps(block["input"]).decode() if block.get("input") else ""
+            if arguments:
+                self._argued.add(index)
             call = {
                 "index": tool_index,
                 "id": block.get("id"),
                 "type": "function",
-                "function": {"name": block.get("name"), "arguments": ""},
+                "function": {"name": block.get("name"), "arguments": arguments},
             }
             return [self._chunk({"tool_calls": [call]})]
         if block.get("type") == "text" and block.get("text"):
@@ -688,13 +677,24 @@ class AnthropicStreamParser:
         if kind == "text_delta" and delta.get("text"):
             return [self._chunk({"content": delta["text"]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
-            tool_index = self._tool_index.get(int(data.get("index", 0)))
+            index = int(data.get("index", 0))
+            tool_index = self._tool_index.get(index)
             if tool_index is None:
                 return []
+            self._argued.add(index)
             return [
                 self._chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": delta["partial_json"]}}]})
             ]
         return []
+
+    def _block_stop(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """A tool call without input streams no JSON at all: close it as `{}`, as OpenAI would send it."""
+        index = int(data.get("index", 0))
+        tool_index = self._tool_index.get(index)
+        if tool_index is None or index in self._argued:
+            return []
+        self._argued.add(index)
+        return [self._chunk({"tool_calls": [{"index": tool_index, "function": {"arguments": "{}"}}]})]
 
     def finish(self) -> list[dict[str, Any]]:
         return []
@@ -747,14 +747,24 @@ class AnthropicProvider(Provider):
         payload = build_messages_body(body, upstream_model, stream, self.settings.default_max_tokens)
         return WireRequest(self.url, orjson.dumps(payload), self.headers)
 
-    def build_native_request(self, body: dict[str, Any], upstream_model: str, stream: bool) -> WireRequest:
-        """Pass-through: the caller's own Messages body with only `model` (and `stream`) set."""
+    def build_native_request(
+        self, body: dict[str, Any], upstream_model: str, stream: bool, beta: str | None = None
+    ) -> WireRequest:
+        """Pass-through: the caller's own Messages body with only `model` (and `stream`) set.
+
+        `beta` is the caller's `anthropic-beta` header: the features its body may use,
+        added to any configured ones.
+        """
         payload = {**body, "model": upstream_model}
         if stream:
             payload["stream"] = True
         else:
             payload.pop("stream", None)
-        return WireRequest(self.url, orjson.dumps(payload), self.headers)
+        headers = self.headers
+        if beta:
+            configured = headers.get("anthropic-beta")
+            headers = {**headers, "anthropic-beta": f"{configured},{beta}" if configured else beta}
+        return WireRequest(self.url, orjson.dumps(payload), headers)
 
     def parse_chat_response(self, response: WireResponse, upstream_model: str) -> tuple[dict[str, Any], Usage]:
         data = parse_json_body(response, self.name)

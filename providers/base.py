@@ -98,6 +98,14 @@ class Provider:
     def map_error(self, response: WireResponse) -> GatewayError:
         raise NotImplementedError
 
+    def build_native_request(self, body: dict[str, Any], upstream_model: str, stream: bool) -> WireRequest:
+        """A body already in this provider's own format (a pass-through); OpenAI's is the canonical one."""
+        return self.build_chat_request(body, upstream_model, stream)
+
+    def parse_native_response(self, response: WireResponse) -> Usage:
+        """The usage of a pass-through answer that is relayed as is."""
+        return self.parse_chat_response(response, "")[1]
+
     # -- I/O ----------------------------------------------------------------
     async def send(self, client: UpstreamClient, request: WireRequest, timeouts: Timeouts) -> WireResponse:
         return await client.send(request, timeouts, provider=self.name)

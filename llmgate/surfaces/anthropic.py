@@ -91,11 +91,16 @@ class AnthropicSurface:
             finally:
                 await pipeline.settle(ctx, gw)
             return
-        await pipeline.settle(ctx, gw)
-        if ctx.response_raw is not None:
+        try:
             payload = ctx.response_raw
-        else:
-            payload = orjson.dumps(build_message_response(ctx.response or {}, ctx.model))
+            if payload is None:
+                payload = orjson.dumps(build_message_response(ctx.response or {}, ctx.model))
+        except GatewayError as err:  # e.g. tool arguments that are not a JSON object
+            ctx.error = err
+            await pipeline.settle(ctx, gw)
+            await send_bytes(send, err.status, err.anthropic_body(), error_headers(err, rid) + _own(ctx))
+            return
+        await pipeline.settle(ctx, gw)
         headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own(ctx)]
         await send_bytes(send, 200, payload, headers)
 
