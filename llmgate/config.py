@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -74,6 +74,12 @@ class ProviderSettings(_Strict):
         if value not in PROVIDER_TYPES:
             raise ValueError(f"unknown provider type {value!r} (one of: {', '.join(PROVIDER_TYPES)})")
         return value
+
+    @model_validator(mode="after")
+    def _azure_needs_endpoint(self) -> ProviderSettings:
+        if self.type == "azure" and not self.base_url:
+            raise ValueError("base_url: azure needs the resource endpoint (https://<resource>.openai.azure.com)")
+        return self
 
     def effective_timeouts(self) -> Timeouts:
         base = self.timeouts or Timeouts()
