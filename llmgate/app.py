@@ -8,8 +8,10 @@ prompts, dashboard, OpenAPI docs) is a FastAPI app behind them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,14 +23,16 @@ from llmgate.keys import StoreAuthenticator
 from llmgate.logs import RequestLogger, configure_logging, register_settings_secrets, reset_logging
 from llmgate.metrics import Metrics
 from llmgate.prices import CatalogPriceBook, PriceCatalog
+from llmgate.prompting import reload_prompts, start_prompt_service
 from llmgate.routing import Router, build_providers
 from llmgate.storage import create_store
-from llmgate.surfaces import admin
+from llmgate.surfaces import admin, dashboard
 from llmgate.surfaces.admin import install_error_handlers
 from llmgate.surfaces.anthropic import AnthropicSurface
 from llmgate.surfaces.health import HealthSurface
 from llmgate.surfaces.http import Handler, Receive, Scope, Send
 from llmgate.surfaces.openai import OpenAISurface
+from llmgate.surfaces.prompts import install_prompt_surface
 from llmgate.upstream import UpstreamClient
 from llmgate.usage import UsageSinks, UsageWriter
 
@@ -90,7 +94,9 @@ class GatewayApp:
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self.api = FastAPI(title="llmgate", version="0.1.0")
         self.api.include_router(admin.router)
+        self.api.include_router(dashboard.router)
         install_error_handlers(self.api)
+        install_prompt_surface(self.api)
 
     async def startup(self) -> None:
         register_settings_secrets(self.settings)
@@ -99,6 +105,11 @@ class GatewayApp:
         self.gw = gw
         self.api.state.gateway = gw
         await open_store(gw)
+        await start_prompt_service(gw)
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(reload_prompts(gw))
+            )
         metrics = start_recording(gw)
         self.routes[("GET", "/metrics")] = metrics.asgi
         self.routes[("HEAD", "/metrics")] = metrics.asgi

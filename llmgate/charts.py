@@ -60,6 +60,17 @@ class Series:
         return sum(self.values)
 
 
+def build_day_values(rows: Iterable[Mapping[str, Any]], days: list[str]) -> tuple[int, ...]:
+    """Cost (nano-USD) per day in `days` order from report rows with `day` and `cost_nusd`."""
+    index = {day: i for i, day in enumerate(days)}
+    values = [0] * len(days)
+    for row in rows:
+        i = index.get(str(row["day"]))
+        if i is not None:
+            values[i] += int(row["cost_nusd"])
+    return tuple(values)
+
+
 def build_day_series(
     rows: Iterable[Mapping[str, Any]],
     days: list[str],
@@ -72,14 +83,10 @@ def build_day_series(
     rest are summed into one "other" series, so a chart never has more than
     `top_n + 1` layers. Rows for days outside `days` are ignored.
     """
-    index = {day: i for i, day in enumerate(days)}
-    per_label: dict[str, list[int]] = {}
+    rows_by_label: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
-        i = index.get(str(row["day"]))
-        if i is None:
-            continue
-        values = per_label.setdefault(label_of(row), [0] * len(days))
-        values[i] += int(row["cost_nusd"])
+        rows_by_label.setdefault(label_of(row), []).append(row)
+    per_label = {label: build_day_values(label_rows, days) for label, label_rows in rows_by_label.items()}
     ranked = sorted(per_label.items(), key=lambda item: (-sum(item[1]), item[0]))
     series = [Series(label, tuple(values)) for label, values in ranked[:top_n]]
     rest = ranked[top_n:]
@@ -104,6 +111,8 @@ def build_nice_ceiling(value: float) -> float:
 def format_axis_usd(usd: float, step: float) -> str:
     """An axis label in USD with as many decimals as the tick step needs."""
     decimals = next((d for d in range(10) if abs(round(step, d) - step) <= step * 1e-9), 9)
+    if step < 1:
+        decimals = max(decimals, 2)  # cents, as money is usually written
     return f"${usd:,.{decimals}f}"
 
 

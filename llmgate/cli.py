@@ -8,11 +8,19 @@ from pathlib import Path
 
 import typer
 
+from llmgate.commands import db as db_commands
+from llmgate.commands import keys as keys_commands
+from llmgate.commands import prompts as prompts_commands
+from llmgate.commands import report as report_commands
 from llmgate.config import ConfigError, Settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="llmgate: a fast, exact AI model gateway.")
 config_app = typer.Typer(no_args_is_help=True, help="Check the configuration.")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_commands.app, name="keys")
+app.add_typer(report_commands.app, name="report")
+app.add_typer(db_commands.app, name="db")
+app.add_typer(prompts_commands.app, name="prompts")
 
 CONFIG_OPTION = typer.Option("config.toml", "--config", "-c", help="Path to config.toml.")
 
