@@ -33,6 +33,7 @@ from llmgate.surfaces.health import HealthSurface
 from llmgate.surfaces.http import Handler, Receive, Scope, Send
 from llmgate.surfaces.openai import OpenAISurface
 from llmgate.surfaces.prompts import install_prompt_surface
+from llmgate.throttle import build_limiter
 from llmgate.upstream import UpstreamClient
 from llmgate.usage import UsageSinks, UsageWriter
 
@@ -52,6 +53,18 @@ def build_gateway(settings: Settings) -> Gateway:
         auth=MasterKeyAuthenticator(settings),
         prices=CatalogPriceBook(PriceCatalog.load()),
     )
+
+
+async def start_limiter(gw: Gateway) -> None:
+    """The throttling engine (memory or Redis), its spend counters raised to the usage records."""
+    settings = gw.settings
+    limiter = build_limiter(settings, price_of=gw.prices.price_of_model, redis_prefix=settings.gateway.redis_prefix)
+    await limiter.start()
+    store = gw.store
+    await limiter.reconcile_from_usage(store.spend_by_key, store.spend_by_team, store.tokens_by_key)
+    for team in await asyncio.to_thread(store.list_teams):
+        limiter.set_team_limits(team["name"], team)
+    gw.limiter = limiter
 
 
 async def open_store(gw: Gateway) -> None:
@@ -105,6 +118,7 @@ class GatewayApp:
         self.gw = gw
         self.api.state.gateway = gw
         await open_store(gw)
+        await start_limiter(gw)
         await start_prompt_service(gw)
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests)
             asyncio.get_running_loop().add_signal_handler(
@@ -139,6 +153,9 @@ class GatewayApp:
             if request_log is not None:
                 await request_log.aclose()
             await gw.client.aclose()
+            close_limiter = getattr(gw.limiter, "close", None)
+            if close_limiter is not None:
+                await close_limiter()
             if gw.store is not None:
                 gw.store.close()
         reset_logging()

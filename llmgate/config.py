@@ -39,6 +39,7 @@ class GatewaySettings(_Strict):
     master_key: str | None = None
     database_url: str = "sqlite:///llmgate.db"
     redis_url: str | None = None
+    redis_prefix: str = "llmgate:"
     prompts_dir: str = "prompts"
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_json_depth: int = Field(64, gt=0)

@@ -36,7 +36,7 @@ class HealthSurface:
                 ok = False
             checks["database"] = "ok" if ok else "unreachable"
         ping = getattr(self.gw.limiter, "ping", None)
-        if ping is not None:
+        if ping is not None and self.gw.settings.gateway.redis_url:
             try:
                 ok = await asyncio.wait_for(ping(), 2.0)
             except Exception:
