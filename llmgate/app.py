@@ -26,7 +26,7 @@ from llmgate.prices import CatalogPriceBook, PriceCatalog
 from llmgate.prompting import reload_prompts, start_prompt_service
 from llmgate.routing import Router, build_providers
 from llmgate.storage import create_store
-from llmgate.surfaces import admin, dashboard
+from llmgate.surfaces import admin, dashboard, deployments
 from llmgate.surfaces.admin import install_error_handlers
 from llmgate.surfaces.anthropic import AnthropicSurface
 from llmgate.surfaces.health import HealthSurface
@@ -46,12 +46,15 @@ def build_gateway(settings: Settings) -> Gateway:
     for name, provider in providers.items():
         if provider.settings.disabled_reason:
             log.warning("provider %r is disabled: %s", name, provider.settings.disabled_reason)
+    prices = CatalogPriceBook(PriceCatalog.load())
+    router = Router(settings, providers)
+    router.use_prices(prices.price_for)
     return Gateway(
         settings=settings,
         client=UpstreamClient(),
-        router=Router(settings, providers),
+        router=router,
         auth=MasterKeyAuthenticator(settings),
-        prices=CatalogPriceBook(PriceCatalog.load()),
+        prices=prices,
     )
 
 
@@ -83,6 +86,8 @@ def start_recording(gw: Gateway) -> Metrics:
     if unpriced:
         log.warning("no price for %s: their calls cost 0 (set `price` in config)", ", ".join(unpriced))
     metrics = Metrics(known_models=gw.router.groups)
+    gw.router.on_cooldown = metrics.cooldown
+    gw.router.on_upstream_error = metrics.upstream_error
     writer = UsageWriter.from_settings(gw.store.insert_usage, settings.gateway)
     writer.start()
     metrics.bind_usage_writer(writer)
@@ -108,6 +113,7 @@ class GatewayApp:
         self.api = FastAPI(title="llmgate", version="0.1.0")
         self.api.include_router(admin.router)
         self.api.include_router(dashboard.router)
+        self.api.include_router(deployments.router)
         install_error_handlers(self.api)
         install_prompt_surface(self.api)
 

@@ -1,9 +1,16 @@
-"""The call stage: route a request along its plan and run it through the adapters.
+"""The call stage: route a request through its model group and fallbacks, and run it.
 
-`execute` walks the router's plan (the model group, then its fallbacks),
-retrying retryable failures with backoff. A stream is opened and read up to its
-first item before the caller sees anything, so a failure before the first byte
-can still fail over; after that, `StreamRelay` carries it to the surface.
+`execute` tries the model's group, then its `fallbacks` in order (a context
+window error goes to `context_window_fallbacks` instead). Within a group the
+router picks a deployment per attempt; retryable failures (connect errors,
+timeouts, 429, 5xx) are retried up to `num_retries` more times with exponential
+backoff and full jitter, never sooner than the upstream's Retry-After when the
+same deployment is tried again, and never past the call's deadline. Caller
+errors (4xx) are never retried.
+
+A stream is opened and read up to its first item before the caller sees
+anything, so a failure before the first byte can still fail over; after that,
+`StreamRelay` carries it to the surface and a failure ends it with an error.
 """
 
 from __future__ import annotations
@@ -16,55 +23,130 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from llmgate import tokens
-from llmgate.errors import GatewayError, InvalidRequest, ProviderDisabled, UpstreamError
+from llmgate.errors import (
+    ContextWindowExceeded,
+    GatewayError,
+    InvalidRequest,
+    ProviderDisabled,
+    Throttled,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from llmgate.gateway import Gateway
-from llmgate.routing import Deployment
+from llmgate.routing import Attempt, Deployment, Group, Router
 from llmgate.types import RequestContext, Usage
 from providers.base import EmbeddingsCapable, StreamParser, WireRequest, WireResponse
 from providers.sse import SSEEvent
 
 
 async def execute(ctx: RequestContext, gw: Gateway) -> None:
-    """Route the call and run it, retrying retryable failures along the plan."""
-    plan = gw.router.plan(ctx.model)
-    routing = gw.settings.routing
-    deadline = time.monotonic() + routing.deadline_s
+    """Run the call on its model's group, then on the fallback groups until one answers."""
+    router: Router = gw.router
+    deadline = time.monotonic() + router.routing.deadline_s
+    primary = router.group(ctx.model)
+    chain = [primary.name, *primary.fallbacks]
+    on_context_chain = False
     last: GatewayError | None = None
-    for i, dep in enumerate(plan):
-        if i > routing.num_retries + _fallback_allowance(plan, ctx.model, i):
-            break
-        if i and last is not None:
-            delay = _backoff(routing.backoff_base_s, routing.backoff_max_s, i, last.retry_after)
-            if time.monotonic() + delay > deadline:
+    i = 0
+    while i < len(chain):
+        if last is not None:
+            if time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(delay)
-        ctx.attempts += 1
-        ctx.deployment = dep
+            router.stats.fallbacks += 1
+        group = router.group(chain[i])
+        i += 1
         try:
-            await _attempt(ctx, gw, dep)
+            await _run_group(ctx, gw, group, deadline)
             return
-        except GatewayError as exc:
+        except ContextWindowExceeded as exc:
             last = exc
-            if not exc.retryable and not isinstance(exc, ProviderDisabled):
+            if not on_context_chain:
+                chain, i, on_context_chain = list(primary.context_window_fallbacks), 0, True
+        except GatewayError as exc:
+            if not (exc.retryable or isinstance(exc, ProviderDisabled | Throttled)):
                 raise
+            last = exc
     assert last is not None
     raise last
 
 
-def _fallback_allowance(plan: list[Deployment], model: str, index: int) -> int:
-    """Fallback groups get their own tries on top of the retries of the primary group."""
-    return sum(1 for d in plan[: index + 1] if d.model.name != model)
+async def _run_group(ctx: RequestContext, gw: Gateway, group: Group, deadline: float) -> None:
+    """Up to 1 + num_retries attempts on one group, rotating over its deployments."""
+    router: Router = gw.router
+    routing = router.routing
+    need_tokens = _token_estimate(ctx) if group.tpm_limited else 0
+    tried: list[Deployment] = []
+    not_before: dict[Deployment, float] = {}  # a deployment's Retry-After, as a monotonic time
+    last: GatewayError | None = None
+    for n in range(routing.num_retries + 1):
+        attempt = await router.pick(group, tried, need_tokens)
+        dep = attempt.deployment
+        if last is not None:
+            now = time.monotonic()
+            delay = backoff_delay(routing.backoff_base_s, routing.backoff_max_s, n, not_before.get(dep, now) - now)
+            if now + delay >= deadline:
+                router.abandoned(attempt)
+                raise last
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                router.abandoned(attempt)
+                raise
+        tried.append(dep)
+        ctx.attempts += 1
+        ctx.deployment = dep
+        if ctx.attempts > 1:
+            router.stats.retries += 1
+        try:
+            await _bounded_attempt(ctx, gw, attempt, deadline)
+            return
+        except GatewayError as exc:
+            router.failed(attempt, exc)
+            if not exc.retryable:
+                raise
+            last = exc
+            if exc.retry_after is not None:
+                not_before[dep] = time.monotonic() + exc.retry_after
+        except BaseException:
+            router.abandoned(attempt)
+            raise
+    assert last is not None
+    raise last
 
 
-def _backoff(base: float, cap: float, attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, never shorter than the upstream's Retry-After."""
+async def _bounded_attempt(ctx: RequestContext, gw: Gateway, attempt: Attempt, deadline: float) -> None:
+    """The first attempt is bounded by its timeouts (never beyond the deadline, see
+    routing.build_timeouts); a later one also by what is left of the deadline."""
+    if ctx.attempts == 1:
+        await _attempt(ctx, gw, attempt)
+        return
+    try:
+        async with asyncio.timeout(deadline - time.monotonic()):
+            await _attempt(ctx, gw, attempt)
+    except TimeoutError:
+        raise UpstreamTimeout(f"provider {attempt.deployment.provider.name!r} timed out (call deadline)") from None
+
+
+def _token_estimate(ctx: RequestContext) -> int:
+    """Tokens to count against a deployment's own `tpm` before the call: the limiter's
+    reservation when it made one, else the prompt plus the requested maximum output."""
+    if ctx.reserved_tokens:
+        return ctx.reserved_tokens
+    asked = ctx.body.get("max_completion_tokens") or ctx.body.get("max_tokens")
+    prompt = ctx.prompt_tokens or tokens.count_request(ctx.body, ctx.model)
+    return prompt + (asked if isinstance(asked, int) else 0)
+
+
+def backoff_delay(base: float, cap: float, attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter; never shorter than the Retry-After still to wait."""
     delay = random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
     if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
+        delay = max(delay, retry_after)
     return delay
 
 
-async def _attempt(ctx: RequestContext, gw: Gateway, dep: Deployment) -> None:
+async def _attempt(ctx: RequestContext, gw: Gateway, attempt: Attempt) -> None:
+    dep = attempt.deployment
     provider = dep.provider
     if provider.settings.disabled_reason:
         raise ProviderDisabled(f"Provider `{provider.name}` is not configured ({provider.settings.disabled_reason}).")
@@ -72,18 +154,25 @@ async def _attempt(ctx: RequestContext, gw: Gateway, dep: Deployment) -> None:
     wire = _build(ctx, dep, passthrough)
     ctx.upstream_started = time.perf_counter()
     dep.inflight += 1
+    if ctx.stream:
+        try:
+            await _open_stream(ctx, gw, attempt, wire, passthrough)
+        except BaseException:
+            dep.inflight -= 1
+            raise
+        return
     try:
-        if ctx.stream:
-            await _open_stream(ctx, gw, dep, wire, passthrough)
-            return
         response = await provider.send(gw.client, wire, dep.timeouts)
     finally:
-        if not ctx.stream or ctx.stream_iter is None:
-            dep.inflight -= 1
+        dep.inflight -= 1
     ctx.upstream_latency = time.perf_counter() - ctx.upstream_started
     if response.status >= 300:
         raise provider.map_error(response)
+    router: Router = gw.router
+    router.succeeded(attempt, ctx.upstream_latency)
     _parse(ctx, dep, response, passthrough)
+    if attempt.charged_tokens and ctx.usage is not None:
+        router.settle_tokens(attempt, ctx.usage.total_tokens)
 
 
 def _build(ctx: RequestContext, dep: Deployment, passthrough: bool) -> WireRequest:
@@ -127,9 +216,12 @@ def _parse(ctx: RequestContext, dep: Deployment, response: WireResponse, passthr
         ctx.response_raw = response.body
 
 
-async def _open_stream(ctx: RequestContext, gw: Gateway, dep: Deployment, wire: WireRequest, passthrough: bool) -> None:
+async def _open_stream(
+    ctx: RequestContext, gw: Gateway, attempt: Attempt, wire: WireRequest, passthrough: bool
+) -> None:
     """Open the upstream stream and read up to its first item before answering, so a
     failure before the first byte can still fail over to the next deployment."""
+    dep = attempt.deployment
     stack = AsyncExitStack()
     try:
         events = await stack.enter_async_context(dep.provider.open_stream(gw.client, wire, dep.timeouts))
@@ -146,7 +238,9 @@ async def _open_stream(ctx: RequestContext, gw: Gateway, dep: Deployment, wire: 
         await stack.aclose()
         raise
     ctx.first_token_at = time.perf_counter()
-    ctx.stream_iter = relay.run(first, iterator, stack, dep)
+    router: Router = gw.router
+    router.succeeded(attempt, ctx.first_token_at - ctx.upstream_started)
+    ctx.stream_iter = relay.run(first, iterator, stack, attempt, router)
 
 
 class StreamRelay:
@@ -200,8 +294,14 @@ class StreamRelay:
         return out
 
     async def run(
-        self, first: list[Any], events: AsyncIterator[SSEEvent], stack: AsyncExitStack, dep: Deployment
+        self,
+        first: list[Any],
+        events: AsyncIterator[SSEEvent],
+        stack: AsyncExitStack,
+        attempt: Attempt,
+        router: Router,
     ) -> AsyncIterator[Any]:
+        dep = attempt.deployment
         try:
             for item in first:
                 yield item
@@ -213,10 +313,15 @@ class StreamRelay:
                     yield item
             if not self.parser.done:
                 raise UpstreamError(f"provider {dep.provider.name!r} ended the stream early")
+        except GatewayError as exc:
+            router.failed(attempt, exc)
+            raise
         finally:
             dep.inflight -= 1
             self.ctx.upstream_latency = time.perf_counter() - self.ctx.upstream_started
-            self.ctx.usage = self.usage()
+            self.ctx.usage = usage = self.usage()
+            if attempt.charged_tokens:
+                router.settle_tokens(attempt, usage.total_tokens)
             await stack.aclose()
 
     def usage(self) -> Usage:

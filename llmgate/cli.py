@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def serve(
         http="httptools",
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=int(gw.shutdown_grace_s) or None,
+        timeout_graceful_shutdown=max(1, math.ceil(gw.shutdown_grace_s)),
         log_level="warning",
     )
 

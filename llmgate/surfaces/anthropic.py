@@ -25,6 +25,8 @@ from llmgate.surfaces.anthropic_format import (
     parse_messages_request,
 )
 from llmgate.surfaces.http import (
+    ClientDisconnected,
+    DisconnectWatch,
     Receive,
     RequestHeaders,
     Scope,
@@ -54,6 +56,7 @@ class AnthropicSurface:
         self.gw = gw
         self.limit = gw.settings.gateway.max_body_bytes
         self.max_depth = gw.settings.gateway.max_json_depth
+        self.disconnects = DisconnectWatch()
 
     async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         hdrs = RequestHeaders(scope)
@@ -72,10 +75,13 @@ class AnthropicSurface:
                 raise InvalidRequest("stream: Input should be a valid boolean.", param="stream")
             ctx.stream = stream
             ctx.include_usage = True  # the event stream ends with usage in message_delta
-            await pipeline.run(ctx, gw)
+            with self.disconnects.guard(receive):
+                await pipeline.run(ctx, gw)
         except GatewayError as err:
             ctx.error = err
             await pipeline.settle(ctx, gw)
+            if isinstance(err, ClientDisconnected):
+                return
             await send_bytes(send, err.status, err.anthropic_body(), error_headers(err, rid) + _own(ctx))
             return
         except Exception:

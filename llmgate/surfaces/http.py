@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -126,6 +127,102 @@ async def send_bytes(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class ClientDisconnected(GatewayError):
+    """The caller went away before the answer was ready (nginx's 499); nothing is sent."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_closed_request"
+
+
+# A call is watched for a client disconnect once it has run this long. Watching
+# costs a task; the many calls that finish sooner pay for two dict operations
+# (a disconnect within this time lets at most this much upstream work finish).
+WATCH_DISCONNECT_AFTER_S = 0.05
+
+
+class DisconnectWatch:
+    """Cancels guarded calls whose client disconnects (one per surface, on one event loop).
+
+    `with watch.guard(receive): await work` registers the call; one shared timer
+    starts a watcher task for each call that has run `after_s`. A watcher that
+    sees `http.disconnect` cancels the call, and the guard raises
+    ClientDisconnected instead (the cancelled upstream call closes its connection).
+    Only for code that no longer reads the request body: the watcher consumes `receive`.
+    """
+
+    __slots__ = ("_pending", "_timer", "after_s")
+
+    def __init__(self, after_s: float = WATCH_DISCONNECT_AFTER_S) -> None:
+        self.after_s = after_s
+        self._pending: dict[DisconnectGuard, None] = {}  # unwatched calls, oldest first
+        self._timer: asyncio.TimerHandle | None = None
+
+    def guard(self, receive: Receive) -> DisconnectGuard:
+        return DisconnectGuard(self, receive)
+
+    def _add(self, guard: DisconnectGuard) -> None:
+        self._pending[guard] = None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.after_s, self._sweep)
+
+    def _discard(self, guard: DisconnectGuard) -> None:
+        self._pending.pop(guard, None)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        pending = self._pending
+        started_before = time.monotonic() - self.after_s
+        while pending:
+            oldest = next(iter(pending))
+            if oldest.since > started_before:
+                delay = oldest.since - started_before
+                self._timer = asyncio.get_running_loop().call_later(delay, self._sweep)
+                return
+            del pending[oldest]
+            oldest.watch()
+
+
+class DisconnectGuard:
+    """One guarded call (see DisconnectWatch)."""
+
+    __slots__ = ("_receive", "_task", "_watch", "_watcher", "gone", "since")
+
+    def __init__(self, watch: DisconnectWatch, receive: Receive) -> None:
+        self._watch = watch
+        self._receive = receive
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+        self.since = 0.0
+
+    def __enter__(self) -> DisconnectGuard:
+        self._task = asyncio.current_task()
+        self.since = time.monotonic()
+        self._watch._add(self)
+        return self
+
+    def watch(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._cancel_on_disconnect())
+
+    async def _cancel_on_disconnect(self) -> None:
+        await _wait_disconnect(self._receive)
+        self.gone = True
+        assert self._task is not None
+        self._task.cancel()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        self._watch._discard(self)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if not self.gone:
+            return
+        assert self._task is not None
+        self._task.uncancel()
+        if exc_type is asyncio.CancelledError:
+            raise ClientDisconnected("The client closed the connection before the answer was ready.") from None
 
 
 def error_headers(err: GatewayError, request_id: str) -> list[tuple[bytes, bytes]]:

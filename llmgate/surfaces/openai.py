@@ -16,6 +16,8 @@ from llmgate import pipeline
 from llmgate.errors import GatewayError, InvalidRequest, NotFound
 from llmgate.gateway import Gateway
 from llmgate.surfaces.http import (
+    ClientDisconnected,
+    DisconnectWatch,
     Receive,
     RequestHeaders,
     Scope,
@@ -115,6 +117,7 @@ class OpenAISurface:
         self.gw = gw
         self.limit = gw.settings.gateway.max_body_bytes
         self.max_depth = gw.settings.gateway.max_json_depth
+        self.disconnects = DisconnectWatch()
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._proxy(scope, receive, send, "chat")
@@ -137,10 +140,13 @@ class OpenAISurface:
                 ctx.include_usage = bool(ctx.stream and isinstance(options, dict) and options.get("include_usage"))
             else:
                 ctx.model = validate_embeddings(body)
-            await pipeline.run(ctx, gw)
+            with self.disconnects.guard(receive):
+                await pipeline.run(ctx, gw)
         except GatewayError as err:
             ctx.error = err
             await pipeline.settle(ctx, gw)
+            if isinstance(err, ClientDisconnected):
+                return
             await send_bytes(send, err.status, err.openai_body(), error_headers(err, rid) + _own_headers(ctx))
             return
         except Exception:
