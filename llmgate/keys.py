@@ -104,6 +104,7 @@ class StoreAuthenticator:
         self._negative_ttl = min(self._ttl, _NEGATIVE_TTL_S)
         self._cache: OrderedDict[str, _CacheEntry] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[_CacheEntry]] = {}
+        self._generation = 0  # bumped by invalidate(): lookups begun before it are not cached
 
     async def authenticate(self, token: str | None) -> KeyInfo:
         if not token:
@@ -122,6 +123,7 @@ class StoreAuthenticator:
     def invalidate(self, key_id: str | None = None, key_hash: str | None = None) -> None:
         """Forget cached lookups of a key (by id, or by the hash of its secret), so a
         revocation or an edit takes effect on this instance at once."""
+        self._generation += 1
         if key_hash is not None:
             self._cache.pop(key_hash, None)
         if key_id is not None:
@@ -137,19 +139,22 @@ class StoreAuthenticator:
         return await asyncio.shield(pending)
 
     async def _load(self, key_hash: str, stale: _CacheEntry | None) -> _CacheEntry:
+        generation = self._generation
         try:
             record = await asyncio.to_thread(self.store.get_key_by_hash, key_hash)
         except Exception as exc:
             # Database down: a key known a moment ago keeps working; an unknown one cannot be checked.
             if stale is not None and stale.key is not None:
-                return self._remember(key_hash, stale.key, revoked=stale.revoked, ttl=self._ttl)
+                return self._remember(key_hash, stale.key, stale.revoked, self._ttl, generation)
             raise KeyStoreUnavailable("The key store is unavailable; try again shortly.") from exc
         if record is None:
-            return self._remember(key_hash, None, revoked=False, ttl=self._negative_ttl)
-        return self._remember(key_hash, build_key_info(record), revoked=bool(record["revoked"]), ttl=self._ttl)
+            return self._remember(key_hash, None, False, self._negative_ttl, generation)
+        return self._remember(key_hash, build_key_info(record), bool(record["revoked"]), self._ttl, generation)
 
-    def _remember(self, key_hash: str, key: KeyInfo | None, *, revoked: bool, ttl: float) -> _CacheEntry:
+    def _remember(self, key_hash: str, key: KeyInfo | None, revoked: bool, ttl: float, generation: int) -> _CacheEntry:
         entry = _CacheEntry(fresh_until=time.monotonic() + ttl, key=key, revoked=revoked)
+        if generation != self._generation:
+            return entry  # invalidated while this lookup ran: the answer may predate the change
         self._cache[key_hash] = entry
         self._cache.move_to_end(key_hash)
         while len(self._cache) > _CACHE_MAX_ENTRIES:

@@ -6,16 +6,16 @@ stores aware datetimes on PostgreSQL (timestamptz) and naive-UTC text on
 SQLite, and always hands back aware UTC datetimes. Money is exact: usage cost
 is an integer of nano-USD, budgets a decimal string.
 
-The migration in migrations/versions/0001_initial.py creates the same schema;
+The migrations in migrations/versions/ create the same schema;
 tests/storage/test_migrations.py checks that the two never drift apart.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Column, Date, Index, Integer, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -135,6 +135,31 @@ class UsageRow(SQLModel, table=True):
     error_code: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
 
 
+class UsageDailyRow(SQLModel, table=True):
+    """Usage summed per UTC day, key, team, model and prompt, kept in step with `usage` by
+    `Store.insert_usage` (same transaction). Reports read this, not the raw calls, so a year
+    for a thousand keys is at most days x keys x models rows however many calls were made.
+    A missing key, team, model or prompt is stored as "" (primary-key columns cannot be NULL)."""
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (Index("ix_usage_daily_key_id_day", "key_id", "day"),)
+
+    day: date = Field(sa_column=Column(Date, primary_key=True))
+    key_id: str = Field(sa_column=Column(String(64), primary_key=True))
+    team: str = Field(sa_column=Column(String(200), primary_key=True))
+    model: str = Field(sa_column=Column(String(200), primary_key=True))
+    prompt_name: str = Field(sa_column=Column(String(200), primary_key=True))
+    key_name: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    errors: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cached_input_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cache_write_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    output_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    reasoning_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    cost_nusd: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
 class PromptVersionRow(SQLModel, table=True):
     """An immutable version of a stored prompt document."""
 
@@ -143,7 +168,7 @@ class PromptVersionRow(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(200), primary_key=True))
     version: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
     document: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    source: str = Field(sa_column=Column(String(200), nullable=False))
+    source: str = Field(sa_column=Column(Text, nullable=False))  # "api", or "file:<path>" of any length
     created_at: datetime = Field(default_factory=utc_now, sa_column=Column(UTCDateTime(), nullable=False))
 
 

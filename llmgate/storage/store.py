@@ -1,11 +1,13 @@
 """Every query the gateway makes, behind one synchronous `Store` (async callers use asyncio.to_thread).
 
 SQLite (the embedded default) and PostgreSQL (several instances) behave the same:
-all SQL is built by SQLAlchemy from the table models, never from strings, and
-reports aggregate in the database over integer nano-USD, so a report's total is
-exactly the sum of its calls. The schema is owned by the Alembic migrations in
-migrations/, which `upgrade()` runs to head without any file on disk beyond the
-package.
+all SQL is built by SQLAlchemy from the table models, never from strings. Each
+batch of usage records is also added to a daily roll-up (`usage_daily`) in the
+same transaction; reports sum the roll-up in SQL, so they stay fast however many
+calls a year holds, and since every figure is an integer (nano-USD, tokens) a
+report's total is exactly the sum of its calls. The schema is owned by the
+Alembic migrations in migrations/, which `upgrade()` runs to head without any
+file on disk beyond the package.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import ColumnElement, Engine, case, create_engine, delete, event, func, literal, literal_column, select
+from sqlalchemy import ColumnElement, Engine, String, create_engine, delete, event, func, literal, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -34,6 +38,7 @@ from llmgate.storage.models import (
     PromptLabelRow,
     PromptVersionRow,
     TeamRow,
+    UsageDailyRow,
     UsageRow,
     utc_now,
 )
@@ -81,6 +86,10 @@ REPORT_TOTAL_FIELDS = (
     "cost_nusd",
 )
 
+# The primary key of a `usage_daily` row, day first.
+DAILY_KEY_COLUMNS = ("day", "key_id", "team", "model", "prompt_name")
+# The usage columns summed as they are (requests and errors are counted).
+SUMMED_USAGE_FIELDS = REPORT_TOTAL_FIELDS[2:]
 # Two instances adding a prompt version at once both pick max+1; the loser retries.
 _VERSION_ATTEMPTS = 5
 # Only PostgreSQL needs it: two instances starting at once must not both run the migrations.
@@ -103,15 +112,15 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def upgrade(self) -> None:
-        """Run the migrations to head; a no-op when the schema is current, data kept."""
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the migrations up to `revision`; a no-op when the schema is current, data kept."""
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
             config.attributes["connection"] = conn
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     def ping(self) -> bool:
         try:
@@ -233,13 +242,24 @@ class Store:
     # -- usage -------------------------------------------------------------------------------------
 
     def insert_usage(self, rows: list[dict[str, Any]]) -> None:
-        """Insert one batch of usage records in one transaction; raises on failure (the caller retries).
-        `ts` may be an aware datetime or an ISO 8601 string."""
+        """Insert one batch of usage records, and add them to the daily roll-up, in one transaction;
+        raises on failure (the caller retries). `ts` may be an aware datetime or an ISO 8601 string."""
         if not rows:
             return
         batch = [_usage_values(row) for row in rows]
         with self.engine.begin() as conn:
             conn.execute(UsageRow.__table__.insert(), batch)
+            conn.execute(self._add_to_daily(), build_daily_totals(batch))
+
+    def _add_to_daily(self) -> Any:
+        """An upsert adding a batch's daily totals to `usage_daily` (both backends speak ON CONFLICT)."""
+        table = UsageDailyRow.__table__
+        stmt = (postgresql_insert if self.dialect == "postgresql" else sqlite_insert)(table)
+        added = {name: table.c[name] + stmt.excluded[name] for name in REPORT_TOTAL_FIELDS}
+        return stmt.on_conflict_do_update(
+            index_elements=list(DAILY_KEY_COLUMNS),
+            set_={**added, "key_name": func.coalesce(stmt.excluded.key_name, table.c.key_name)},
+        )
 
     def cost_report(
         self,
@@ -248,29 +268,32 @@ class Store:
         end: date | None,
         key_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Usage totals per group, aggregated in SQL. `end` is inclusive (the whole UTC day).
-        An empty `group_by` gives one row of totals."""
+        """Usage totals per group, summed in SQL over the daily roll-up. `end` is inclusive
+        (the whole UTC day). An empty `group_by` gives one row of totals."""
         groups = _unique(group_by)
         unknown = [g for g in groups if g not in GROUP_BY_CHOICES]
         if unknown:
             raise ValueError(f"unknown group_by {unknown[0]!r} (one of: {', '.join(GROUP_BY_CHOICES)})")
+        daily = UsageDailyRow.__table__.c
         keyed: list[ColumnElement[Any]] = []
         shown: list[ColumnElement[Any]] = []
         for group in groups:
             if group == "key":
-                keyed.append(UsageRow.key_id.label("key_id"))
+                keyed.append(daily.key_id.label("key_id"))
                 # A renamed key stays one row: the group is the id, the name is the latest seen.
-                shown.append(func.max(UsageRow.key_name).label("key_name"))
-            elif group == "day":
-                keyed.append(self._day(UsageRow.ts).label("day"))
+                shown.append(func.max(daily.key_name).label("key_name"))
             elif group == "prompt":
-                keyed.append(UsageRow.prompt_name.label("prompt_name"))
+                keyed.append(daily.prompt_name.label("prompt_name"))
             else:
-                keyed.append(getattr(UsageRow, group).label(group))
-        stmt = select(*keyed, *shown, *_totals())
-        stmt = _within(stmt, start, end)
+                keyed.append(daily[group].label(group))
+        totals = [func.coalesce(func.sum(daily[name]), 0).label(name) for name in REPORT_TOTAL_FIELDS]
+        stmt = select(*keyed, *shown, *totals)
+        if start is not None:
+            stmt = stmt.where(daily.day >= start)
+        if end is not None:
+            stmt = stmt.where(daily.day <= end)
         if key_id is not None:
-            stmt = stmt.where(UsageRow.key_id == key_id)
+            stmt = stmt.where(daily.key_id == key_id)
         if keyed:
             stmt = stmt.group_by(*keyed).order_by(*keyed)
         columns = [column for group in groups for column in REPORT_GROUP_COLUMNS[group]]
@@ -279,32 +302,38 @@ class Store:
 
     def spend_by_key(self, since: datetime) -> dict[str, int]:
         """nano-USD spent per key since `since`."""
-        return self._sum_by(UsageRow.key_id, UsageRow.cost_nusd, since)
+        return self._sum_since("key_id", ("cost_nusd",), since)
 
     def spend_by_team(self, since: datetime) -> dict[str, int]:
         """nano-USD spent per team since `since`."""
-        return self._sum_by(UsageRow.team, UsageRow.cost_nusd, since)
+        return self._sum_since("team", ("cost_nusd",), since)
 
     def tokens_by_key(self, since: datetime) -> dict[str, int]:
         """Input plus output tokens per key since `since`."""
-        return self._sum_by(UsageRow.key_id, UsageRow.input_tokens + UsageRow.output_tokens, since)
+        return self._sum_since("key_id", ("input_tokens", "output_tokens"), since)
 
-    def _sum_by(self, column: Any, amount: Any, since: datetime) -> dict[str, int]:
-        stmt = (
-            select(column, func.coalesce(func.sum(amount), 0))
-            .where(UsageRow.ts >= since, column.is_not(None))
-            .group_by(column)
+    def _sum_since(self, group: str, amounts: tuple[str, ...], since: datetime) -> dict[str, int]:
+        """Whole days from the roll-up, the part-day before the first midnight from the calls."""
+        since = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+        first_day = since.date() if since.time() == time.min else since.date() + timedelta(days=1)
+        midnight = datetime.combine(first_day, time.min, UTC)
+        daily, raw = UsageDailyRow.__table__.c, UsageRow.__table__.c
+        from_daily = (
+            select(daily[group], func.sum(sum_columns(daily, amounts)))
+            .where(daily.day >= first_day, daily[group] != "")
+            .group_by(daily[group])
         )
+        from_calls = (
+            select(raw[group], func.sum(sum_columns(raw, amounts)))
+            .where(raw.ts >= since, raw.ts < midnight, raw[group].is_not(None))
+            .group_by(raw[group])
+        )
+        totals: dict[str, int] = {}
         with self.engine.connect() as conn:
-            return {name: int(total) for name, total in conn.execute(stmt)}
-
-    def _day(self, ts: Any) -> ColumnElement[str]:
-        """The UTC day of a timestamp as YYYY-MM-DD (SQLite keeps naive UTC text already)."""
-        if self.dialect == "postgresql":
-            # Constant SQL literals, not bound parameters: PostgreSQL must see the same
-            # expression in SELECT and GROUP BY.
-            return func.to_char(func.timezone(literal_column("'UTC'"), ts), literal_column("'YYYY-MM-DD'"))
-        return func.date(ts)
+            for stmt in (from_daily, from_calls):
+                for name, amount in conn.execute(stmt):
+                    totals[name] = totals.get(name, 0) + int(amount or 0)
+        return totals
 
     # -- prompts -----------------------------------------------------------------------------------
 
@@ -402,32 +431,36 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _totals() -> list[ColumnElement[Any]]:
-    def total(column: Any, label: str) -> ColumnElement[Any]:
-        return func.coalesce(func.sum(column), 0).label(label)
-
-    return [
-        func.count().label("requests"),
-        total(case((UsageRow.status >= 400, 1), else_=0), "errors"),
-        total(UsageRow.input_tokens, "input_tokens"),
-        total(UsageRow.cached_input_tokens, "cached_input_tokens"),
-        total(UsageRow.cache_write_tokens, "cache_write_tokens"),
-        total(UsageRow.output_tokens, "output_tokens"),
-        total(UsageRow.reasoning_tokens, "reasoning_tokens"),
-        total(UsageRow.cost_nusd, "cost_nusd"),
-    ]
+def sum_columns(columns: Any, names: tuple[str, ...]) -> ColumnElement[Any]:
+    total: ColumnElement[Any] = columns[names[0]]
+    for name in names[1:]:
+        total = total + columns[name]
+    return total
 
 
-def _within(stmt: Any, start: date | None, end: date | None) -> Any:
-    if start is not None:
-        stmt = stmt.where(UsageRow.ts >= datetime.combine(start, time.min, UTC))
-    if end is not None:
-        stmt = stmt.where(UsageRow.ts < datetime.combine(end + timedelta(days=1), time.min, UTC))
-    return stmt
+def build_daily_totals(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A batch of usage rows summed per `usage_daily` key, in key order (so concurrent
+    writers lock roll-up rows in the same order and never deadlock)."""
+    totals: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in batch:
+        key = (row["ts"].date(), *(row[column] or "" for column in DAILY_KEY_COLUMNS[1:]))
+        entry = totals.get(key)
+        if entry is None:
+            entry = totals[key] = dict(zip(DAILY_KEY_COLUMNS, key, strict=True))
+            entry.update(dict.fromkeys(REPORT_TOTAL_FIELDS, 0), key_name=None)
+        entry["key_name"] = row["key_name"] or entry["key_name"]
+        entry["requests"] += 1
+        entry["errors"] += 1 if (row["status"] or 0) >= 400 else 0
+        for name in SUMMED_USAGE_FIELDS:
+            entry[name] += int(row[name] or 0)
+    return [totals[key] for key in sorted(totals)]
 
 
 def _report_row(mapping: Any, columns: list[str]) -> dict[str, Any]:
-    row = {column: mapping[column] for column in columns}
+    # The roll-up keeps "" for a missing key, team, model or prompt; reports show null.
+    row = {column: mapping[column] or None for column in columns}
+    if row.get("day") is not None:
+        row["day"] = row["day"].isoformat()
     for name in REPORT_TOTAL_FIELDS:
         row[name] = int(mapping[name] or 0)  # PostgreSQL sums bigints as numeric
     row["cost_usd"] = format_usd(row["cost_nusd"])
@@ -532,9 +565,32 @@ _USAGE_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Text longer than its column is cut, so one odd value can never make a whole batch fail on PostgreSQL.
+_USAGE_TEXT_LENGTHS: dict[str, int] = {
+    column.name: column.type.length
+    for column in UsageRow.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
 def _usage_values(row: dict[str, Any]) -> dict[str, Any]:
     """One row with every usage column (executemany needs the same keys in each)."""
     unknown = set(row) - set(USAGE_COLUMNS) - {"id"}
     if unknown:
         raise ValueError(f"unknown usage column {sorted(unknown)[0]!r}")
-    return {column: row.get(column, _USAGE_DEFAULTS.get(column)) for column in USAGE_COLUMNS}
+    values = {column: row.get(column, _USAGE_DEFAULTS.get(column)) for column in USAGE_COLUMNS}
+    values["ts"] = _utc(values["ts"])
+    for column, length in _USAGE_TEXT_LENGTHS.items():
+        text = values[column]
+        if isinstance(text, str) and len(text) > length:
+            values[column] = text[:length]
+    return values
+
+
+def _utc(ts: Any) -> datetime:
+    """A usage timestamp (aware datetime or ISO 8601 text; naive means UTC) as an aware UTC datetime."""
+    if isinstance(ts, str):
+        ts = datetime.fromisoformat(ts)
+    if not isinstance(ts, datetime):
+        raise ValueError(f"usage `ts` must be a datetime or ISO 8601 text, got {ts!r}")
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)

@@ -13,7 +13,7 @@ runner = CliRunner()
 def test_upgrade_creates_the_schema_and_keeps_data_when_rerun(config_path: str, cli_database_url: str) -> None:
     first = runner.invoke(db.app, ["upgrade", "--config", config_path])
     assert first.exit_code == 0, first.output
-    assert "schema at revision 0001" in first.output
+    assert "schema at revision 0002" in first.output
     store = create_store(cli_database_url)
     record, _ = store.create_key(name="survivor")
     store.close()
