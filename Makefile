@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 LLMGATE_MASTER_KEY ?= sk-llmgate-local-master
 export LLMGATE_MASTER_KEY
 
-.PHONY: run test install dev lint bench clean
+.PHONY: run test install dev lint bench clean reliability-full
 
 $(BIN)/llmgate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: dev
 lint: dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check llmgate providers
+
+reliability-full: dev
+	LLMGATE_RELIABILITY_FULL=1 $(BIN)/pytest tests/reliability -q -s
 
 bench: install
 	bench/run.sh

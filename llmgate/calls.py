@@ -316,6 +316,10 @@ class StreamRelay:
         except GatewayError as exc:
             router.failed(attempt, exc)
             raise
+        except Exception as exc:  # an upstream stream the parser cannot read: never a traceback
+            err = UpstreamError(f"provider {dep.provider.name!r} sent a stream the gateway cannot read")
+            router.failed(attempt, err)
+            raise err from exc
         finally:
             dep.inflight -= 1
             self.ctx.upstream_latency = time.perf_counter() - self.ctx.upstream_started

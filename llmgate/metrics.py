@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from llmgate.looplag import LAG_BUCKETS
 from llmgate.types import RequestContext
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -80,6 +81,36 @@ class UsageWriterCollector:
         yield CounterMetricFamily(
             "llmgate_usage_records_dropped", "Usage rows lost (neither written nor spilled).", value=w.dropped_total
         )
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
+class LoopLagCollector:
+    """Reads the event-loop lag monitor (llmgate/looplag.py) at scrape time."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.monitor
+        yield GaugeMetricFamily(
+            "llmgate_event_loop_lag_max_seconds",
+            "Largest event-loop lag since start, less the time the kernel did not run the process.",
+            value=m.max_s,
+        )
+        yield GaugeMetricFamily(
+            "llmgate_event_loop_wall_lag_max_seconds",
+            "Largest event-loop lag since start as measured (including waits for a CPU).",
+            value=m.wall_max_s,
+        )
+        lag = _Histogram(LAG_BUCKETS)
+        lag.counts, lag.total = list(m.counts), m.total_s
+        family = HistogramMetricFamily(
+            "llmgate_event_loop_lag_seconds", "Event-loop lag (less waits for a CPU), sampled every 10 ms."
+        )
+        family.add_metric((), lag.buckets(), lag.total)
+        yield family
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()
@@ -297,6 +328,10 @@ class Metrics:
     def bind_limiter_stats(self, stats: dict[str, int]) -> None:
         """Expose the limiter's own counters (`ThrottleLimiter.stats`): store errors and outcomes."""
         self.registry.register(LimiterStatsCollector(stats))
+
+    def bind_loop_lag(self, monitor: Any) -> None:
+        """Expose the event-loop lag monitor's figures (llmgate.looplag.LoopLagMonitor)."""
+        self.registry.register(LoopLagCollector(monitor))
 
     def bind_usage_writer(self, writer: Any) -> None:
         """Expose the usage writer's queue depth and written/spilled/dropped totals."""

@@ -21,6 +21,14 @@ race the appends, which happen there too):
   from an older schema, say) is moved to `<spill_path>.rejected` for an operator,
   so it cannot block usage recording forever.
 After `aclose`, a late `record` goes straight to the spill file.
+
+What a hard crash (`kill -9`, an OOM kill) loses: the rows still in memory —
+the batch being inserted (the rows of about one `flush_interval_s`; the flusher
+drains every interval, or sooner at `batch_size` rows) and those settled while
+that insert runs: about `rate x (flush_interval_s + two inserts' time)` rows,
+under a second of traffic at the defaults (tests/reliability/test_process_faults.py
+measures it). Spilled rows are in the file and survive a process crash (not
+fsynced: an OS crash may lose the last ones). SIGTERM loses nothing.
 """
 
 from __future__ import annotations

@@ -701,6 +701,9 @@ class AnthropicStreamParser:
 
     def relay(self, event: SSEEvent, include_usage: bool) -> SSEEvent | None:
         """Pass-through: every event is forwarded as is (Anthropic streams always carry usage)."""
+        data = event.data
+        if data[:1] != b"{" or data.rstrip()[-1:] != b"}":
+            raise UpstreamError(f"provider {self.provider!r} sent a stream event that is not JSON")
         kind = _event_type(event)
         if kind == "message_start":
             self._count((self._load(event).get("message") or {}).get("usage"))

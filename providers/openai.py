@@ -81,10 +81,15 @@ class OpenAIStreamParser:
         if data == _DONE:
             self.done = True
             return event
+        if data[:1] != b"{" or data.rstrip()[-1:] != b"}":
+            raise UpstreamError(f"provider {self.provider!r} sent a stream event that is not JSON")
         if data.startswith(b'{"error"'):
             self._error(data)
         if b'"usage":{' in data or b'"usage": {' in data:
-            chunk = orjson.loads(data)
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"provider {self.provider!r} sent a stream event that is not JSON") from None
             self.usage = Usage.from_openai(chunk.get("usage"))
             if not include_usage and not chunk.get("choices"):
                 return None

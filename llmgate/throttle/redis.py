@@ -25,6 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from llmgate.throttle.backend import (
@@ -263,15 +264,27 @@ class RedisBackend:
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         try:
             try:
-                return await self.client.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return await self.client.eval(script.source, len(keys), *keys, *args)
+                return await self._eval(script, keys, args)
+            except RedisConnectionError:
+                # Connections pooled before a Redis restart each fail once, on their first use
+                # after it (measured: one failed call per stale connection — a 503 each under
+                # `on_store_error = "closed"`). Drop the idle ones and try once more on a fresh
+                # connection; a Redis that is really down refuses that at once. The dead
+                # connection never reached the new server, so nothing runs twice there.
+                await self.client.connection_pool.disconnect(inuse_connections=False)
+                return await self._eval(script, keys, args)
         except ReadOnlyError as exc:
             raise StoreUnavailable(str(exc)) from exc
         except ResponseError:
             raise
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.client.eval(script.source, len(keys), *keys, *args)
 
     async def acquire(
         self, plan: Plan, tokens: int, estimate_nusd: int, member: str, periods: PeriodIds, now_ms: int
