@@ -27,7 +27,7 @@ from llmgate.routing import Router, build_providers
 from llmgate.storage import create_store
 from llmgate.surfaces.anthropic import AnthropicSurface
 from llmgate.surfaces.health import HealthSurface
-from llmgate.surfaces.http import Handler, Receive, Scope, Send
+from llmgate.surfaces.http import BodyLimits, Handler, Receive, Scope, Send, set_header_bounds
 from llmgate.surfaces.openai import OpenAISurface
 from llmgate.throttle import build_limiter
 from llmgate.upstream import UpstreamClient
@@ -134,6 +134,7 @@ class GatewayApp:
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefix_routes: list[tuple[str, str, Handler]] = []
         self._api: Any = None  # FastAPI, built on first use (see `api`)
+        self._bounded_api: BodyLimits | None = None
         self._api_building: asyncio.Future[Any] | None = None
 
     @property
@@ -148,7 +149,15 @@ class GatewayApp:
         return self._api
 
     async def _admin_app(self) -> Any:
-        """`api`, built in a thread the first time so the event loop keeps serving meanwhile."""
+        """`api` behind the body bounds (413/408 before any handler runs), built in a thread
+        the first time so the event loop keeps serving meanwhile."""
+        if self._bounded_api is not None:
+            return self._bounded_api
+        g = self.settings.gateway
+        self._bounded_api = BodyLimits(await self._build_api(), g.max_body_bytes, g.body_timeout_s)
+        return self._bounded_api
+
+    async def _build_api(self) -> Any:
         if self._api is not None:
             return self._api
         if self._api_building is None:
@@ -160,6 +169,8 @@ class GatewayApp:
 
     async def startup(self) -> None:
         register_settings_secrets(self.settings)
+        g = self.settings.gateway
+        set_header_bounds(g.max_header_bytes, g.header_timeout_s)
         configure_logging(os.environ.get("LLMGATE_LOG_LEVEL", "INFO"))
         gw = build_gateway(self.settings)
         self.gw = gw

@@ -18,6 +18,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
+# Request fields that would let a caller choose an upstream, its headers or its credentials
+# (names other gateways and SDKs use). Upstream URLs and keys come only from this config, so
+# every surface refuses these fields, and a prompt document may not set them as parameters.
+UPSTREAM_OVERRIDE_FIELDS = frozenset(
+    {
+        "api_base",
+        "base_url",
+        "api_key",
+        "api_version",
+        "extra_headers",
+        "extra_query",
+        "extra_body",
+        "custom_llm_provider",
+        "litellm_params",
+        "azure_endpoint",
+        "deployment_id",
+        "organization",
+    }
+)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -43,6 +63,13 @@ class GatewaySettings(_Strict):
     prompts_dir: str = "prompts"
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_json_depth: int = Field(64, gt=0)
+    # A request body must have fully arrived this many seconds after its headers (else 408).
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Request line plus headers: at most this many bytes (else 431), all in within this many seconds.
+    max_header_bytes: int = Field(64 * 1024, gt=0)
+    header_timeout_s: float = Field(10.0, gt=0)
+    # The most choices (`n`) one chat request may ask for.
+    max_n: int = Field(16, gt=0)
     key_cache_ttl_s: float = Field(5.0, ge=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
     usage_spill_path: str = "llmgate-usage-spill.jsonl"

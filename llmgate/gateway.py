@@ -7,6 +7,7 @@ touching the surfaces or the pipeline.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,15 +49,19 @@ class PriceBook:
         return deployment.model.price
 
 
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 class MasterKeyAuthenticator:
     """The master key (an admin key that may use every model) and keys listed in config."""
 
     def __init__(self, settings: Settings) -> None:
         self._master = settings.gateway.master_key
-        self._keys: dict[str, KeyInfo] = {}
+        self._keys: dict[str, KeyInfo] = {}  # sha256 of the secret -> key: no plaintext kept
         for i, k in enumerate(settings.keys):
             if k.key:
-                self._keys[k.key] = KeyInfo(
+                self._keys[_digest(k.key)] = KeyInfo(
                     id=f"config-{i}",
                     name=k.name,
                     team=k.team,
@@ -69,7 +74,7 @@ class MasterKeyAuthenticator:
     async def authenticate(self, token: str | None) -> KeyInfo:
         if not token:
             raise AuthError("Missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`.")
-        key = self._keys.get(token)
+        key = self._keys.get(_digest(token))
         if key is not None:
             return key
         if self._master and hmac.compare_digest(token.encode(), self._master.encode()):

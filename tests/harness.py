@@ -24,6 +24,7 @@ import uvicorn
 
 from llmgate.app import create_app
 from llmgate.config import Settings, parse_settings
+from llmgate.surfaces.http import HTTP_PROTOCOL
 
 
 def make_settings(doc: dict[str, Any]) -> Settings:
@@ -65,7 +66,7 @@ class GatewayServer:
         self.port = sock.getsockname()[1]
         self._sock = sock
         config = uvicorn.Config(
-            self.app, loop="asyncio", http="httptools", lifespan="on", access_log=False, log_level="warning"
+            self.app, loop="asyncio", http=HTTP_PROTOCOL, lifespan="on", access_log=False, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -555,3 +555,31 @@ async def test_the_database_store_serves_the_same_service(tmp_path: Path) -> Non
     await fresh.delete("greet")
     assert store.list_prompt_names() == []
     store.close()
+
+
+# -- fields that would choose the upstream ----------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["api_base", "base_url", "extra_headers", "litellm_params", "azure_endpoint"])
+def test_parameters_may_not_choose_the_upstream(field: str) -> None:
+    found = problems_of(doc(parameters={field: "http://169.254.169.254", "temperature": 0.1}))
+    assert len(found) == 1 and found[0].startswith("parameters:") and field in found[0]
+
+
+async def test_an_undeclared_upstream_field_in_a_call_is_a_400_naming_it(service: PromptService) -> None:
+    pv = await service.save("greet", doc())
+    with pytest.raises(InvalidRequest) as caught:
+        await service.render(pv, {"who": "x", "api_base": "http://169.254.169.254"})
+    assert caught.value.status == 400 and caught.value.param == "api_base"
+    with pytest.raises(Unprocessable) as unknown:
+        await service.render(pv, {"who": "x", "colour": "red"})
+    assert unknown.value.param == "colour"
+
+
+async def test_a_declared_input_may_share_a_name_with_an_upstream_field(service: PromptService) -> None:
+    pv = await service.save(
+        "fetch", doc("Summarize {{ base_url }}", name="fetch", inputs={"base_url": {"type": "string"}})
+    )
+    assert await service.render(pv, {"base_url": "https://example.com"}) == [
+        {"role": "user", "content": "Summarize https://example.com"}
+    ]

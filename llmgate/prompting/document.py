@@ -20,6 +20,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from llmgate.config import UPSTREAM_OVERRIDE_FIELDS
+
 PromptState = Literal["draft", "published", "deprecated", "retired"]
 InputType = Literal["string", "integer", "number", "boolean", "array", "object"]
 MessageRole = Literal["system", "developer", "user", "assistant"]
@@ -133,6 +135,9 @@ class Prompt(_Strict):
         taken = sorted(RESERVED_PARAMETERS & parameters.keys())
         if taken:
             raise ValueError(f"the gateway sets {', '.join(taken)} itself")
+        redirecting = sorted(UPSTREAM_OVERRIDE_FIELDS & parameters.keys())
+        if redirecting:
+            raise ValueError(f"{', '.join(redirecting)}: upstream endpoints and credentials come only from config")
         return parameters
 
     @field_validator("output_schema")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from jsonschema import Draft202012Validator
 
-from llmgate.errors import Unprocessable, UpstreamError
+from llmgate.config import UPSTREAM_OVERRIDE_FIELDS
+from llmgate.errors import InvalidRequest, Unprocessable, UpstreamError
 
 if TYPE_CHECKING:
     from llmgate.prompting.document import InputSpec, Prompt
@@ -88,10 +89,17 @@ def _invalid(field: str, message: str) -> Unprocessable:
 def validate_inputs(prompt: Prompt, body: Mapping[str, Any]) -> dict[str, Any]:
     """The render context for a call: every declared input, defaults filled in.
 
-    Raises Unprocessable naming the first missing, unknown or ill-typed field.
+    Raises Unprocessable naming the first missing, unknown or ill-typed field (InvalidRequest
+    for an undeclared field that would choose the upstream, as on every other surface).
     """
     for field in body:
         if field != "messages" and field not in prompt.inputs:
+            if field in UPSTREAM_OVERRIDE_FIELDS:
+                raise InvalidRequest(
+                    f"`{field}` is not accepted: upstream endpoints and credentials come only from the gateway's "
+                    "config.",
+                    param=field,
+                )
             known = ", ".join(prompt.inputs) or "none"
             raise _invalid(field, f"unknown input (this prompt takes: {known})")
     context: dict[str, Any] = {}

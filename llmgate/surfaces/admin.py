@@ -26,13 +26,14 @@ from llmgate.errors import AuthError, GatewayError, InvalidRequest, NotFound, Pe
 from llmgate.gateway import Gateway
 from llmgate.reports import ReportParams, build_report, parse_report_params, render_csv
 from llmgate.storage import DuplicateError
+from llmgate.surfaces.http import public_error
 from llmgate.types import KeyInfo
 
 router = APIRouter()
 admin = APIRouter(prefix="/admin")
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=24, decimal_places=9)]
 Period = Literal["day", "week", "month", "total"]
 
@@ -293,7 +294,7 @@ def openai_error_response(error: GatewayError) -> Response:
 
 
 async def _gateway_error(_request: Request, exc: GatewayError) -> Response:
-    return openai_error_response(exc)
+    return openai_error_response(public_error(exc))
 
 
 async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:

@@ -33,6 +33,7 @@ from llmgate.surfaces.http import (
     Send,
     error_headers,
     parse_json_object,
+    public_error,
     read_body,
     send_bytes,
     stream_until_disconnect,
@@ -56,7 +57,11 @@ class AnthropicSurface:
         self.gw = gw
         self.limit = gw.settings.gateway.max_body_bytes
         self.max_depth = gw.settings.gateway.max_json_depth
+        self.body_timeout_s = gw.settings.gateway.body_timeout_s
         self.disconnects = DisconnectWatch()
+
+    async def _read(self, receive: Receive, hdrs: RequestHeaders) -> bytes:
+        return await read_body(receive, hdrs.content_length, self.limit, self.body_timeout_s)
 
     async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         hdrs = RequestHeaders(scope)
@@ -65,7 +70,7 @@ class AnthropicSurface:
         gw = self.gw
         try:
             ctx.key = await gw.auth.authenticate(hdrs.token)
-            native = parse_json_object(await read_body(receive, hdrs.content_length, self.limit), self.max_depth)
+            native = parse_json_object(await self._read(receive, hdrs), self.max_depth)
             ctx.model = _model_of(native)
             check_forbidden(native)
             ctx.body = parse_messages_request(native)
@@ -82,7 +87,7 @@ class AnthropicSurface:
             await pipeline.settle(ctx, gw)
             if isinstance(err, ClientDisconnected):
                 return
-            await send_bytes(send, err.status, err.anthropic_body(), error_headers(err, rid) + _own(ctx))
+            await send_bytes(send, err.status, public_error(err).anthropic_body(), error_headers(err, rid) + _own(ctx))
             return
         except Exception:
             log.exception("unexpected error in messages request %s", rid)
@@ -104,7 +109,7 @@ class AnthropicSurface:
         except GatewayError as err:  # e.g. tool arguments that are not a JSON object
             ctx.error = err
             await pipeline.settle(ctx, gw)
-            await send_bytes(send, err.status, err.anthropic_body(), error_headers(err, rid) + _own(ctx))
+            await send_bytes(send, err.status, public_error(err).anthropic_body(), error_headers(err, rid) + _own(ctx))
             return
         await pipeline.settle(ctx, gw)
         headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own(ctx)]
@@ -126,7 +131,7 @@ class AnthropicSurface:
         except GatewayError as err:
             ctx.error = err
             log.warning("stream %s failed: %s", ctx.request_id, err.message)
-            yield error_event(err)
+            yield error_event(public_error(err))
             return
         if not native:
             yield encoder.finish()
@@ -136,13 +141,13 @@ class AnthropicSurface:
         rid: str = hdrs.request_id  # type: ignore[assignment]
         try:
             key = await self.gw.auth.authenticate(hdrs.token)
-            body = parse_json_object(await read_body(receive, hdrs.content_length, self.limit), self.max_depth)
+            body = parse_json_object(await self._read(receive, hdrs), self.max_depth)
             model = _model_of(body)
             if not self.gw.router.has_model(model) or not key.may_use_model(model):
                 raise InvalidRequest(f"model: `{model}` is not available to this key.", param="model")
             payload = orjson.dumps(count_tokens(body))
         except GatewayError as err:
-            await send_bytes(send, err.status, err.anthropic_body(), error_headers(err, rid))
+            await send_bytes(send, err.status, public_error(err).anthropic_body(), error_headers(err, rid))
             return
         await send_bytes(send, 200, payload, [(b"x-request-id", rid.encode())])
 

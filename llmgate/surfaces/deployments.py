@@ -7,29 +7,19 @@ when, half-open) and its own rpm/tpm usage this minute. Never a credential.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from llmgate.errors import AuthError
-from llmgate.surfaces.http import RequestHeaders
+from llmgate.surfaces.admin import master_gateway
 
 router = APIRouter()
 
 
-def _is_master(request: Request, master: str | None) -> bool:
-    token = RequestHeaders(request.scope).token
-    return bool(master and token and hmac.compare_digest(token.encode(), master.encode()))
-
-
 @router.get("/admin/deployments", tags=["admin"], summary="Each deployment with health, cooldown and load")
 async def list_deployments(request: Request) -> Response:
-    gw: Any = request.app.state.gateway
-    if not _is_master(request, gw.settings.gateway.master_key):
-        err = AuthError("The admin API needs the master key.")
-        return Response(err.openai_body(), status_code=err.status, media_type="application/json")
+    gw: Any = await master_gateway(request)
     return JSONResponse({"object": "list", "data": gw.router.describe(), "stats": _stats(gw.router)})
 
 

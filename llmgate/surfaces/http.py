@@ -1,20 +1,29 @@
 """Raw ASGI primitives for the hot-path surfaces: read the body, answer bytes, stream.
 
 The proxied surfaces are plain ASGI handlers (no framework routing or model
-validation on the hot path); this module is the little they share.
+validation on the hot path); this module is the little they share, including the
+request bounds every surface must keep: body size and arrival deadline
+(`read_body`, and `BodyLimits` for the FastAPI part), JSON nesting depth,
+credentials masked in errors that quote an upstream (`public_error`), and the
+header size and deadline uvicorn's httptools protocol lacks (`HTTP_PROTOCOL`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from llmgate.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from llmgate.errors import GatewayError, InvalidRequest, PayloadTooLarge, UpstreamCallerError, UpstreamError
+from llmgate.logs import redact
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -62,24 +71,144 @@ def new_request_id() -> str:
     return os.urandom(12).hex()
 
 
-async def read_body(receive: Receive, declared: int | None, limit: int) -> bytes:
-    """The whole request body, refusing (413) past `limit` without reading it all."""
+# Request bodies must arrive within this long (the default; `gateway.body_timeout_s` sets it).
+BODY_TIMEOUT_S = 30.0
+
+
+class BodyTimeout(GatewayError):
+    """The caller sent its request body too slowly (slowloris); the connection is closed."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"connection": "close"})
+
+
+class Deadlines:
+    """Things that must be done within `timeout_s` of starting; `late(item)` is called for each that is not.
+
+    Entering and leaving cost a dict operation each: items are kept oldest first
+    (they share one timeout), and one timer, set for the oldest item's deadline,
+    handles the late ones. Items that leave within one loop step (most) never
+    wait for the timer.
+    """
+
+    __slots__ = ("_items", "_timer", "timeout_s")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._items: dict[Any, float] = {}  # item -> deadline (monotonic), oldest first
+        self._timer: asyncio.TimerHandle | None = None
+
+    def enter(self, item: Any) -> None:
+        self._items[item] = time.monotonic() + self.timeout_s
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.timeout_s, self._sweep)
+
+    def leave(self, item: Any) -> None:
+        self._items.pop(item, None)
+
+    def late(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        items = self._items
+        while items:
+            item, deadline = next(iter(items.items()))
+            if deadline > now:
+                self._timer = asyncio.get_running_loop().call_later(deadline - now, self._sweep)
+                return
+            del items[item]
+            self.late(item)
+
+
+class _BodyDeadlines(Deadlines):
+    """Cancels the tasks whose body read is late (read_body turns that into BodyTimeout)."""
+
+    __slots__ = ("_late",)
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self._late: set[asyncio.Task[Any]] = set()
+
+    def late(self, item: Any) -> None:
+        self._late.add(item)
+        item.cancel()
+
+    def left_late(self, task: asyncio.Task[Any]) -> bool:
+        """Forget `task`; True when it was cancelled for being late (the cancel is taken back)."""
+        self.leave(task)
+        if task not in self._late:
+            return False
+        self._late.discard(task)
+        task.uncancel()
+        return True
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _BodyDeadlines]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+# The last loop's watch, found without a weak-reference lookup (the one loop of a worker).
+_LAST_DEADLINES: list[tuple[asyncio.AbstractEventLoop, float, _BodyDeadlines]] = []
+
+
+def _deadlines(timeout_s: float) -> _BodyDeadlines:
+    loop = asyncio.get_running_loop()
+    if _LAST_DEADLINES:
+        last_loop, last_timeout, watch = _LAST_DEADLINES[0]
+        if last_loop is loop and last_timeout == timeout_s:
+            return watch
+    per_loop = _DEADLINES.setdefault(loop, {})
+    found = per_loop.get(timeout_s)
+    if found is None:
+        found = per_loop[timeout_s] = _BodyDeadlines(timeout_s)
+    _LAST_DEADLINES[:] = [(loop, timeout_s, found)]
+    return found
+
+
+async def read_body(receive: Receive, declared: int | None, limit: int, timeout_s: float = BODY_TIMEOUT_S) -> bytes:
+    """The whole request body, refusing (413) past `limit` without reading it all, and
+    (408) when it has not all arrived within `timeout_s` (a slowloris client)."""
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"Request body is {declared} bytes; the limit is {limit} bytes.")
-    message = await receive()
-    body = message.get("body", b"")
-    if not message.get("more_body"):
-        return body
-    parts = [body]
-    size = len(body)
-    while message.get("more_body"):
+    task = asyncio.current_task()
+    watch = _deadlines(timeout_s)
+    watch.enter(task)
+    try:
         message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        body = message.get("body", b"")
+        size = len(body)
+        if size > limit:  # a chunked body (no content-length) can arrive whole in one message
             raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        parts.append(chunk)
-    return b"".join(parts)
+        if not message.get("more_body"):
+            return body
+        parts = [body]
+        while message.get("more_body"):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            parts.append(chunk)
+        return b"".join(parts)
+    except asyncio.CancelledError:
+        if watch.left_late(task):  # type: ignore[arg-type]
+            raise BodyTimeout(f"The request body did not arrive within {timeout_s:g} seconds.") from None
+        raise
+    finally:
+        watch.leave(task)
+
+
+# JSON strings (their brackets are not structure), and everything but brackets.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_CURLY_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
 
 
 def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
@@ -89,27 +218,27 @@ def parse_json_object(raw: bytes, max_depth: int) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc) or "depth" in str(exc):
+            raise InvalidRequest(f"The request body is nested deeper than {max_depth} levels.") from None
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
-    if raw.count(b"[") + raw.count(b"{") > max_depth and _depth(data) > max_depth:
+    if raw.count(b"[") + raw.count(b"{") > max_depth and nested_deeper_than(raw, max_depth):
         raise InvalidRequest(f"The request body is nested deeper than {max_depth} levels.")
     return data
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth, iteratively (a deep document must not exhaust the stack)."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        node, level = stack.pop()
-        if isinstance(node, dict):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in node.values())
-        elif isinstance(node, list):
-            deepest = max(deepest, level)
-            stack.extend((v, level + 1) for v in node)
-    return deepest
+def nested_deeper_than(raw: bytes, max_depth: int) -> bool:
+    """Whether valid JSON text nests deeper than `max_depth`, found on the bytes in C-speed passes:
+    strings dropped, only brackets kept, then innermost `[]` pairs removed once per level.
+    (Walking the parsed document would cost a Python step per value of every large body.)"""
+    brackets = _JSON_STRING.sub(b"", raw) if b'"' in raw else raw
+    brackets = brackets.translate(_CURLY_AS_SQUARE, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        brackets = brackets.replace(b"[]", b"")
+    return bool(brackets)
 
 
 async def send_bytes(
@@ -225,6 +354,15 @@ class DisconnectGuard:
             raise ClientDisconnected("The client closed the connection before the answer was ready.") from None
 
 
+def public_error(err: GatewayError) -> GatewayError:
+    """The error as a caller may see it: a credential an upstream echoed into its message
+    (some answer 401 quoting the key they were sent) is masked. The gateway's own errors
+    never hold one, so only errors carrying an upstream's words are scanned."""
+    if isinstance(err, UpstreamError | UpstreamCallerError):
+        err.message = redact(err.message)
+    return err
+
+
 def error_headers(err: GatewayError, request_id: str) -> list[tuple[bytes, bytes]]:
     return [(b"x-request-id", request_id.encode()), *((k.encode(), v.encode()) for k, v in err.headers.items())]
 
@@ -271,3 +409,195 @@ async def _wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+class BodyLimits:
+    """Wraps an ASGI app that reads request bodies itself (the FastAPI part: admin, prompts,
+    dashboard) so its bodies get the hot path's bounds: over `max_bytes` answers 413 (a
+    declared length at once, unread), slower than `timeout_s` answers 408, both before
+    the app or any authentication runs. The app then reads the body from memory."""
+
+    __slots__ = ("app", "max_bytes", "timeout_s")
+
+    def __init__(self, app: Handler, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        hdrs = RequestHeaders(scope)
+        try:
+            body = await read_body(receive, hdrs.content_length, self.max_bytes, self.timeout_s)
+        except GatewayError as err:
+            await send_bytes(send, err.status, err.openai_body(), error_headers(err, hdrs.request_id or ""))
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body read already, then the connection's own messages (disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
+# -- the server's own bounds ---------------------------------------------------------------------
+
+
+class _HeadDeadlines(Deadlines):
+    """Closes connections whose request line and headers take too long (slow-header slowloris)."""
+
+    __slots__ = ()
+
+    def late(self, item: Any) -> None:
+        item.head_too_slow()
+
+
+def _error_response(status: int, reason: bytes, err: GatewayError) -> bytes:
+    body = err.openai_body()
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        % (status, reason, len(body))
+    ) + body
+
+
+def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
+
+
+def _headers_too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(f"The request line and headers exceed {limit} bytes.")
+
+
+@dataclass(slots=True)
+class HeaderBounds:
+    """The request-head bounds every connection of this process gets (`set_header_bounds`)."""
+
+    max_bytes: int = 64 * 1024
+    timeout_s: float = 10.0
+
+
+HEADER_BOUNDS = HeaderBounds()
+# What `uvicorn.Config(http=...)` takes; a string, so worker processes import the class themselves.
+HTTP_PROTOCOL = "llmgate.surfaces.http:BoundedHttpToolsProtocol"
+
+
+def set_header_bounds(max_bytes: int, timeout_s: float) -> None:
+    """Set this process's request-head bounds (`gateway.max_header_bytes`, `gateway.header_timeout_s`)."""
+    HEADER_BOUNDS.max_bytes = max_bytes
+    HEADER_BOUNDS.timeout_s = timeout_s
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BoundedHttpToolsProtocol":
+        return bounded_http_protocol()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def bounded_http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the bounds it lacks: a request line plus headers
+    over `HEADER_BOUNDS.max_bytes` gets 431, and one not complete `HEADER_BOUNDS.timeout_s`
+    after its first byte (or after the connection opened) gets 408; both close the connection.
+
+    httptools buffers a header until it is complete, so the size is counted on the raw
+    bytes while the head is being read (one read's worth of overshoot at most), and
+    measured exactly when a read also carried body bytes. Built on first use, so a
+    process served by another server never imports uvicorn's protocol.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    heads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _HeadDeadlines]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        _head_bytes = 0
+        _in_head = False
+        _refused = False
+        _heads: _HeadDeadlines | None = None  # this connection's loop's watch, found once
+
+        def _start_head(self) -> None:
+            if not self._in_head:
+                self._in_head = True
+                self._head_bytes = 0
+                self._heads.enter(self)  # type: ignore[union-attr]
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            per_loop = heads.setdefault(self.loop, {})
+            timeout_s = HEADER_BOUNDS.timeout_s
+            watch = per_loop.get(timeout_s)
+            if watch is None:
+                watch = per_loop[timeout_s] = _HeadDeadlines(timeout_s)
+            self._heads = watch
+            self._start_head()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._start_head()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._heads.leave(self)  # type: ignore[union-attr]
+            # The raw count includes whatever body bytes came in the same read; measure exactly only then.
+            limit = HEADER_BOUNDS.max_bytes
+            if self._head_bytes > limit and _head_size(self.url, self.headers) > limit:
+                self._refuse(431, b"Request Header Fields Too Large", _headers_too_large(limit))
+                return
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            if not self._refused:
+                super().on_message_complete()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if self._in_head and self._head_bytes > HEADER_BOUNDS.max_bytes:
+                self._refuse(431, b"Request Header Fields Too Large", _headers_too_large(HEADER_BOUNDS.max_bytes))
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._heads.leave(self)  # type: ignore[union-attr]
+            super().connection_lost(exc)
+
+        def head_too_slow(self) -> None:
+            if self._in_head and not self.transport.is_closing():
+                error = GatewayError(
+                    f"The request headers did not arrive within {HEADER_BOUNDS.timeout_s:g} seconds.",
+                    status=408,
+                    code="request_timeout",
+                )
+                error.type = "invalid_request_error"
+                self._refuse(408, b"Request Timeout", error)
+
+        def _refuse(self, status: int, reason: bytes, err: GatewayError) -> None:
+            self._refused = True
+            self._in_head = False
+            self._heads.leave(self)  # type: ignore[union-attr]
+            self.transport.write(_error_response(status, reason, err))
+            self.transport.close()
+
+    return BoundedHttpToolsProtocol

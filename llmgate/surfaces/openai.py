@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from llmgate import pipeline
+from llmgate.config import UPSTREAM_OVERRIDE_FIELDS
 from llmgate.errors import GatewayError, InvalidRequest, NotFound
 from llmgate.gateway import Gateway
 from llmgate.surfaces.http import (
@@ -24,6 +25,7 @@ from llmgate.surfaces.http import (
     Send,
     error_headers,
     parse_json_object,
+    public_error,
     read_body,
     send_bytes,
     stream_until_disconnect,
@@ -35,22 +37,9 @@ log = logging.getLogger("llmgate.surface")
 
 # Request fields that would let a caller choose the upstream or its credentials:
 # upstream URLs and keys come only from config.
-FORBIDDEN_FIELDS = frozenset(
-    {
-        "api_base",
-        "base_url",
-        "api_key",
-        "api_version",
-        "extra_headers",
-        "extra_query",
-        "extra_body",
-        "custom_llm_provider",
-        "litellm_params",
-        "azure_endpoint",
-        "deployment_id",
-        "organization",
-    }
-)
+FORBIDDEN_FIELDS = UPSTREAM_OVERRIDE_FIELDS
+# The default cap on `n` (choices per chat request); `gateway.max_n` sets it.
+DEFAULT_MAX_N = 16
 
 
 def check_forbidden(body: dict[str, Any]) -> None:
@@ -63,7 +52,7 @@ def check_forbidden(body: dict[str, Any]) -> None:
         )
 
 
-def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
+def validate_chat(body: dict[str, Any], max_n: int = DEFAULT_MAX_N) -> tuple[str, bool]:
     """The model and stream flag of a chat request, with errors naming the field."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -83,6 +72,9 @@ def validate_chat(body: dict[str, Any]) -> tuple[str, bool]:
         value = body.get(field)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise InvalidRequest(f"`{field}` must be a positive integer.", param=field)
+    n = body.get("n")
+    if n is not None and n > max_n:
+        raise InvalidRequest(f"`n` may be at most {max_n} on this gateway.", param="n")
     check_forbidden(body)
     return model, bool(stream)
 
@@ -117,6 +109,8 @@ class OpenAISurface:
         self.gw = gw
         self.limit = gw.settings.gateway.max_body_bytes
         self.max_depth = gw.settings.gateway.max_json_depth
+        self.body_timeout_s = gw.settings.gateway.body_timeout_s
+        self.max_n = gw.settings.gateway.max_n
         self.disconnects = DisconnectWatch()
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,10 +126,10 @@ class OpenAISurface:
         gw = self.gw
         try:
             ctx.key = await gw.auth.authenticate(hdrs.token)
-            raw = await read_body(receive, hdrs.content_length, self.limit)
+            raw = await read_body(receive, hdrs.content_length, self.limit, self.body_timeout_s)
             ctx.body = body = parse_json_object(raw, self.max_depth)
             if surface == "chat":
-                ctx.model, ctx.stream = validate_chat(body)
+                ctx.model, ctx.stream = validate_chat(body, self.max_n)
                 options = body.get("stream_options")
                 ctx.include_usage = bool(ctx.stream and isinstance(options, dict) and options.get("include_usage"))
             else:
@@ -147,6 +141,7 @@ class OpenAISurface:
             await pipeline.settle(ctx, gw)
             if isinstance(err, ClientDisconnected):
                 return
+            public_error(err)
             await send_bytes(send, err.status, err.openai_body(), error_headers(err, rid) + _own_headers(ctx))
             return
         except Exception:
@@ -184,7 +179,7 @@ class OpenAISurface:
         except GatewayError as err:
             ctx.error = err
             log.warning("stream %s failed: %s", ctx.request_id, err.message)
-            yield b"data: " + err.openai_body() + b"\n\n"
+            yield b"data: " + public_error(err).openai_body() + b"\n\n"
         if not done:
             yield DONE
 
@@ -206,7 +201,7 @@ class OpenAISurface:
             else:
                 payload = {"object": "list", "data": [_model_entry(n) for n in names]}
         except GatewayError as err:
-            await send_bytes(send, err.status, err.openai_body(), error_headers(err, rid))
+            await send_bytes(send, err.status, public_error(err).openai_body(), error_headers(err, rid))
             return
         await send_bytes(send, 200, orjson.dumps(payload), [(b"x-request-id", rid.encode())])
 

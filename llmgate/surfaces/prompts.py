@@ -35,6 +35,7 @@ from llmgate.surfaces.http import (
     Scope,
     Send,
     parse_json_object,
+    public_error,
     read_body,
     stream_until_disconnect,
 )
@@ -67,7 +68,7 @@ def _json(payload: Any, request_id: str, headers: dict[str, str] | None = None) 
 
 async def _read_object(request: Request, gw: Gateway, hdrs: RequestHeaders) -> dict[str, Any]:
     settings = gw.settings.gateway
-    raw = await read_body(request.receive, hdrs.content_length, settings.max_body_bytes)
+    raw = await read_body(request.receive, hdrs.content_length, settings.max_body_bytes, settings.body_timeout_s)
     return parse_json_object(raw, settings.max_json_depth)
 
 
@@ -153,7 +154,7 @@ async def _sse(ctx: RequestContext, prompt: Prompt) -> AsyncIterator[bytes]:
     except GatewayError as err:
         ctx.error = err
         log.warning("prompt stream %s failed: %s", ctx.request_id, err.message)
-        yield b"data: " + err.openai_body() + b"\n\n"
+        yield b"data: " + public_error(err).openai_body() + b"\n\n"
     yield DONE
 
 

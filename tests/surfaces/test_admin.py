@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,17 +20,23 @@ from llmgate.gateway import Gateway
 from llmgate.keys import StoreAuthenticator
 from llmgate.storage import Store, create_store
 from llmgate.surfaces.admin import install_error_handlers, router
+from tests.storage.schemas import fresh_schema
 
 MASTER = "mk-admin-test"
 MASTER_HEADERS = {"authorization": f"Bearer {MASTER}"}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = create_store(f"sqlite:///{tmp_path}/admin.db")
-    store.upgrade()
-    yield store
-    store.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path}/admin.db"
+        else:
+            url = stack.enter_context(fresh_schema(request.getfixturevalue("pg_url")))
+        store = create_store(url)
+        store.upgrade()
+        stack.callback(store.close)
+        yield store
 
 
 @pytest.fixture
@@ -328,3 +335,10 @@ async def test_usage_shows_a_key_only_its_own_figures(client: httpx.AsyncClient,
 async def test_usage_needs_a_valid_key(client: httpx.AsyncClient) -> None:
     assert_openai_error(await client.get("/v1/usage"), 401)
     assert_openai_error(await client.get("/v1/usage", headers=bearer("sk-lg-forged")), 401)
+
+
+async def test_framework_errors_use_the_openai_shape(client: httpx.AsyncClient) -> None:
+    assert_openai_error(await client.get("/admin/nothing-here", headers=MASTER_HEADERS), 404)
+    assert_openai_error(await client.put("/admin/keys", headers=MASTER_HEADERS), 405)
+    bad_flag = await client.get("/admin/keys", params={"include_revoked": "maybe"}, headers=MASTER_HEADERS)
+    assert_openai_error(bad_flag, 422, "include_revoked")
