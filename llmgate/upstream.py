@@ -1,10 +1,10 @@
 """The one HTTP client every adapter sends through (the gateway's only upstream I/O).
 
-Production traffic goes through `aiohttp` directly: measured in front of the
-bench kit's fake upstream, the httpx API (even over the aiohttp transport)
-spent ~0.8 ms of CPU per proxied call, most of it in httpx's request, URL and
-header models, against ~0.1 ms for aiohttp alone (../shared/bench/STACKS.md
-shows the same ratio). Tests can hand in an httpx transport instead, so adapter
+Production traffic goes through the small HTTP/1.1 client of llmgate/http1.py:
+measured in front of the bench kit's fake upstream, the httpx API (even over the
+aiohttp transport) spent ~0.8 ms of CPU per proxied call, most of it in httpx's
+request, URL and header models, aiohttp alone ~0.15 ms, http1.py ~0.05 ms
+(../shared/bench/STACKS.md shows the first ratio). Tests can hand in an httpx transport instead, so adapter
 tests keep `respx.mock(using="httpx")`; both paths share the error translation
 and the SSE decoding below. Transport failures are translated here, once, into
 gateway errors that name the provider and never its key.
@@ -13,21 +13,33 @@ gateway errors that name the provider and never its key.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
-
-import aiohttp
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from llmgate.config import Timeouts
 from llmgate.errors import GatewayError, UpstreamError, UpstreamTimeout
+from llmgate.http1 import Http1Client, UpstreamUnreachable
 from providers.base import WireRequest, WireResponse
 from providers.sse import SSEDecoder, SSEEvent
 
+if TYPE_CHECKING:
+    import httpx
+
 ErrorMapper = Callable[[WireResponse], GatewayError]
 
-_TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.HTTPError, TimeoutError, OSError)
+# httpx is imported only when a test hands in an httpx transport (it costs ~0.2 s of
+# start-up and a few MB that production never uses); its errors count only then.
+_HTTP1_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, OSError)
+_TRANSPORT_ERRORS = _HTTP1_ERRORS
+
+
+def _with_httpx_errors() -> None:
+    global _TRANSPORT_ERRORS
+    import httpx
+
+    _TRANSPORT_ERRORS = (*_HTTP1_ERRORS, httpx.HTTPError)
 
 
 def _host(url: str) -> str:
@@ -36,9 +48,12 @@ def _host(url: str) -> str:
 
 def transport_error(exc: BaseException, provider: str, url: str) -> GatewayError:
     """A connection-level failure as the gateway's error: 504 for timeouts, 502 otherwise."""
-    if isinstance(exc, aiohttp.ClientConnectorError | httpx.ConnectError) and not isinstance(exc, TimeoutError):
+    httpx = sys.modules.get("httpx")
+    connect_errors = (UpstreamUnreachable, httpx.ConnectError) if httpx else UpstreamUnreachable
+    timeouts = (TimeoutError, httpx.TimeoutException) if httpx else TimeoutError
+    if isinstance(exc, connect_errors) and not isinstance(exc, TimeoutError):
         return UpstreamError(f"provider {provider!r} is unreachable ({_host(url)})")
-    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+    if isinstance(exc, timeouts):
         return UpstreamTimeout(f"provider {provider!r} timed out")
     return UpstreamError(f"provider {provider!r} connection failed ({type(exc).__name__})")
 
@@ -46,32 +61,20 @@ def transport_error(exc: BaseException, provider: str, url: str) -> GatewayError
 class UpstreamClient:
     """Pooled keep-alive client owned by the app lifespan.
 
-    `transport`: an httpx transport for tests (respx); None is aiohttp.
+    `transport`: an httpx transport for tests (respx); None is llmgate/http1.py.
     """
 
-    def __init__(self, max_connections: int = 1000, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._httpx = httpx.AsyncClient(transport=transport, timeout=None) if transport is not None else None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = Http1Client(keepalive_s=60.0)
+        self._httpx: httpx.AsyncClient | None = None
+        if transport is not None:
+            import httpx
 
-    def _aiohttp(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=60)
-            session = self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
-        return session
-
-    def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(timeouts)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=timeouts.total, sock_connect=timeouts.connect)
-            self._timeouts[timeouts] = timeout
-        return timeout
+            _with_httpx_errors()
+            self._httpx = httpx.AsyncClient(transport=transport, timeout=None)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.aclose()
         if self._httpx is not None:
             await self._httpx.aclose()
 
@@ -84,10 +87,11 @@ class UpstreamClient:
                         request.method, request.url, content=request.body, headers=request.headers
                     )
                 return WireResponse(resp.status_code, resp.content, resp.headers)
-            async with self._aiohttp().request(
-                request.method, request.url, data=request.body, headers=request.headers, timeout=self._timeout(timeouts)
-            ) as r:
-                return WireResponse(r.status, await r.read(), r.headers)
+            async with asyncio.timeout(timeouts.total):
+                status, headers, body = await self._http.request(
+                    request.method, request.url, request.headers, request.body, timeouts.connect
+                )
+            return WireResponse(status, body, headers)
         except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, provider, request.url) from None
 
@@ -105,23 +109,19 @@ class UpstreamClient:
             async with self._httpx_stream(request, timeouts, provider, on_error) as events:
                 yield events
             return
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
         try:
             async with asyncio.timeout(timeouts.first_byte):
-                resp = await self._aiohttp().request(
-                    request.method, request.url, data=request.body, headers=request.headers, timeout=timeout
+                resp = await self._http.open(
+                    request.method, request.url, request.headers, request.body, timeouts.connect
                 )
         except _TRANSPORT_ERRORS as exc:
             raise transport_error(exc, provider, request.url) from None
         try:
             if resp.status >= 300:
                 raise on_error(WireResponse(resp.status, await _read_quietly(resp.read()), resp.headers))
-            yield _events(resp.content.iter_any(), provider, request.url, timeouts.first_byte)
+            yield _events(resp.iter_chunks(), provider, request.url, timeouts.first_byte)
         finally:
-            if resp.status < 300 and resp.content.at_eof():
-                resp.release()
-            else:
-                resp.close()
+            Http1Client.finish(resp)  # back to the pool when read to the end; closed otherwise
 
     @asynccontextmanager
     async def _httpx_stream(

@@ -13,6 +13,7 @@ file on disk beyond the package.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,9 +21,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import ColumnElement, Engine, String, create_engine, delete, event, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    literal,
+    select,
+    table,
+)
+from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -92,6 +104,9 @@ DAILY_KEY_COLUMNS = ("day", "key_id", "team", "model", "prompt_name")
 SUMMED_USAGE_FIELDS = REPORT_TOTAL_FIELDS[2:]
 # Two instances adding a prompt version at once both pick max+1; the loser retries.
 _VERSION_ATTEMPTS = 5
+_REVISION_LINE = re.compile(r'^revision(?:: str)? = "([^"]+)"', re.MULTILINE)
+_DOWN_REVISION_LINE = re.compile(r'^down_revision(?:: [^=]+)? = "([^"]+)"', re.MULTILINE)
+_ALEMBIC_VERSION = table("alembic_version", sql_column("version_num", String))
 # Only PostgreSQL needs it: two instances starting at once must not both run the migrations.
 _MIGRATION_LOCK_ID = 0x6C6C6D67617465
 
@@ -113,14 +128,35 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def upgrade(self, revision: str = "head") -> None:
-        """Run the migrations up to `revision`; a no-op when the schema is current, data kept."""
+        """Run the migrations up to `revision`; a no-op when the schema is current, data kept.
+
+        Whether the schema is at head is read from `alembic_version` with plain
+        SQLAlchemy first: importing Alembic costs ~0.4 s of start-up, needed only
+        when there is something to migrate.
+        """
+        if revision == "head" and self.schema_revisions() == head_revisions():
+            return
+        from alembic import command
+        from alembic.config import Config
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK_ID)))
+            elif self.dialect == "sqlite":
+                # pysqlite runs DDL outside a transaction unless one is open: without this, two
+                # processes starting on a new file both create the tables and one fails.
+                conn.exec_driver_sql("BEGIN EXCLUSIVE")
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
+
+    def schema_revisions(self) -> frozenset[str]:
+        """The Alembic revisions the database is at (empty before the first migration)."""
+        with self.engine.connect() as conn:
+            if not inspect(conn).has_table("alembic_version"):
+                return frozenset()
+            return frozenset(conn.execute(select(_ALEMBIC_VERSION.c.version_num)).scalars())
 
     def ping(self) -> bool:
         try:
@@ -400,6 +436,19 @@ class Store:
             session.execute(delete(PromptLabelRow).where(PromptLabelRow.name == name))
             deleted = session.execute(delete(PromptVersionRow).where(PromptVersionRow.name == name))
             return deleted.rowcount > 0
+
+
+def head_revisions() -> frozenset[str]:
+    """The head revisions of migrations/versions, read from the files (no Alembic import)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        text = path.read_text()
+        if found := _REVISION_LINE.search(text):
+            revisions.add(found.group(1))
+        if found := _DOWN_REVISION_LINE.search(text):
+            parents.add(found.group(1))
+    return frozenset(revisions - parents)
 
 
 def create_store(database_url: str) -> Store:

@@ -15,6 +15,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ def test_secret_is_shown_once_and_stored_as_a_hash(gateway: GatewayServer, maste
     hidden = secret[len(created["display_prefix"]) :]  # the part after the display prefix
     chat = httpx.post(gateway.url + "/v1/chat/completions", headers=_bearer(secret), json=CHAT)
     assert chat.status_code == 200
+    deadline = time.monotonic() + 10  # reports read what the usage writer has flushed
+    while not gateway.gw.store.cost_report(["key"], None, None, key_id=key_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
     artifacts = [
         httpx.get(gateway.url + "/admin/keys", headers=master_headers).text,
         httpx.get(gateway.url + "/admin/keys?include_revoked=true&team=blue", headers=master_headers).text,
