@@ -8,15 +8,15 @@ recorded exactly once.
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
+import logging
 
 from llmgate import calls
 from llmgate.cost import cost_nusd, format_usd
 from llmgate.errors import NotFound, PermissionDenied
 from llmgate.gateway import Gateway
 from llmgate.types import RequestContext
+
+log = logging.getLogger("llmgate.pipeline")
 
 
 async def run(ctx: RequestContext, gw: Gateway) -> None:
@@ -60,12 +60,8 @@ async def settle(ctx: RequestContext, gw: Gateway) -> None:
         try:
             await gw.limiter.settle(ctx)
         except Exception:  # settling must never lose the record
-            gw.extras.get("log", _null_log)("limiter settle failed", ctx)
+            log.exception("limiter settle failed for request %s", ctx.request_id)
     gw.usage.record(ctx)
-
-
-def _null_log(*_: Any) -> None:
-    return None
 
 
 def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
@@ -81,6 +77,3 @@ def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
 def cost_header(ctx: RequestContext) -> tuple[bytes, bytes]:
     return (b"x-llmgate-cost-usd", format_usd(ctx.cost_nusd).encode())
 
-
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
