@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
 import re
 import time
@@ -67,8 +68,27 @@ class RequestHeaders:
             self.request_id = new_request_id()
 
 
-def new_request_id() -> str:
-    return os.urandom(12).hex()
+class _RequestIds:
+    """Request ids: a random 48-bit prefix per process and a 48-bit counter, as 24 hex digits.
+
+    os.urandom on every call is a getrandom syscall on the hot path; ids only need
+    to be unique (not secret), and a fresh prefix after a fork keeps workers apart.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = os.urandom(6).hex()
+        self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+_request_ids = _RequestIds()
+os.register_at_fork(after_in_child=_request_ids.reseed)
+new_request_id = _request_ids.next
 
 
 # Request bodies must arrive within this long (the default; `gateway.body_timeout_s` sets it).
@@ -241,6 +261,12 @@ def nested_deeper_than(raw: bytes, max_depth: int) -> bool:
     return bool(brackets)
 
 
+# Set when uvicorn's httptools protocol is in use (`bounded_http_protocol`): writes a whole
+# response through the request's cycle in one write, or returns False to take the ASGI way.
+WholeResponseWriter = Callable[[Send, int, list[tuple[bytes, bytes]], bytes], bool]
+_write_whole: WholeResponseWriter | None = None
+
+
 async def send_bytes(
     send: Send,
     status: int,
@@ -248,13 +274,10 @@ async def send_bytes(
     headers: list[tuple[bytes, bytes]],
     content_type: bytes = JSON,
 ) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
+    head = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)), *headers]
+    if _write_whole is not None and _write_whole(send, status, head, body):
+        return
+    await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -600,4 +623,62 @@ def bounded_http_protocol() -> type[asyncio.Protocol]:
             self.transport.write(_error_response(status, reason, err))
             self.transport.close()
 
+    global _write_whole
+    _write_whole = _whole_response_writer()
     return BoundedHttpToolsProtocol
+
+
+def _whole_response_writer() -> WholeResponseWriter:
+    """Answer a complete response with one `transport.write` instead of uvicorn's two.
+
+    uvicorn writes the status line and headers when `http.response.start` arrives and
+    the body on `http.response.body`: two syscalls per answer, each running the
+    receiving side's TCP work on loopback, and the client woken twice. For a whole
+    body known up front this writes both at once and completes the cycle exactly as
+    uvicorn's `send` would (same header checks, keep-alive, `on_response`). Anything
+    unusual (another server, HEAD, a paused or closed transport, an answer already
+    started, a header uvicorn would treat specially) returns False: the caller then
+    sends the two ASGI messages, unchanged.
+    """
+    from uvicorn.protocols.http.httptools_impl import (
+        HEADER_RE,
+        HEADER_VALUE_RE,
+        STATUS_LINE,
+        RequestResponseCycle,
+    )
+
+    special = {b"connection", b"transfer-encoding"}
+
+    def write_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        cycle = getattr(send, "__self__", None)
+        if (
+            type(cycle) is not RequestResponseCycle
+            or cycle.response_started
+            or cycle.access_log
+            or cycle.disconnected
+            or cycle.flow.write_paused
+            or cycle.scope["method"] == "HEAD"
+        ):
+            return False
+        content = [STATUS_LINE[status]]
+        for name, value in (*cycle.default_headers, *headers):
+            name = name.lower()
+            if name in special or HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                return False
+            content += (name, b": ", value, b"\r\n")
+        keep_alive = cycle.keep_alive
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += (b"\r\n", body)
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        cycle.transport.write(b"".join(content))
+        cycle.expected_content_length = 0
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+        return True
+
+    return write_whole
