@@ -45,17 +45,23 @@ async def call(ctx: RequestContext, gw: Gateway) -> None:
     await calls.execute(ctx, gw)
 
 
-async def settle(ctx: RequestContext, gw: Gateway) -> None:
-    """Charge the actual usage, work out the cost, release the admission, record."""
-    if ctx.settled:
-        return
-    ctx.settled = True
+def price(ctx: RequestContext, gw: Gateway) -> None:
+    """Work out the call's status and cost. `settle` does it too; a surface calls it first
+    when it answers before settling (the cost goes in a header)."""
     if ctx.error is not None:
         ctx.status = ctx.error.status
     dep = ctx.deployment
     usage = ctx.usage
     if usage is not None and dep is not None:
         ctx.cost_nusd = cost_nusd(gw.prices.price_for(dep), usage) if ctx.status < 400 or usage.estimated else 0
+
+
+async def settle(ctx: RequestContext, gw: Gateway) -> None:
+    """Charge the actual usage, work out the cost, release the admission, record."""
+    if ctx.settled:
+        return
+    ctx.settled = True
+    price(ctx, gw)
     if ctx.admission is not None:
         try:
             await gw.limiter.settle(ctx)

@@ -111,9 +111,12 @@ class AnthropicSurface:
             await pipeline.settle(ctx, gw)
             await send_bytes(send, err.status, public_error(err).anthropic_body(), error_headers(err, rid) + _own(ctx))
             return
-        await pipeline.settle(ctx, gw)
-        headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own(ctx)]
-        await send_bytes(send, 200, payload, headers)
+        try:  # answer first, then release and record (as the OpenAI surface does)
+            pipeline.price(ctx, gw)
+            headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own(ctx)]
+            await send_bytes(send, 200, payload, headers)
+        finally:
+            await pipeline.settle(ctx, gw)
 
     async def _events(self, ctx: RequestContext) -> AsyncIterator[bytes]:
         assert ctx.stream_iter is not None

@@ -153,10 +153,15 @@ class OpenAISurface:
         if ctx.stream_iter is not None:
             await self._stream(ctx, receive, send)
             return
-        await pipeline.settle(ctx, gw)
-        payload = ctx.response_raw if ctx.response_raw is not None else orjson.dumps(ctx.response)
-        headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own_headers(ctx)]
-        await send_bytes(send, 200, payload, headers)
+        # Answer first, then release and record: the caller does not wait for the settlement
+        # (a round trip when limits live in Redis).
+        try:
+            pipeline.price(ctx, gw)
+            payload = ctx.response_raw if ctx.response_raw is not None else orjson.dumps(ctx.response)
+            headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own_headers(ctx)]
+            await send_bytes(send, 200, payload, headers)
+        finally:
+            await pipeline.settle(ctx, gw)
 
     async def _stream(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
         headers = [(b"x-request-id", ctx.request_id.encode()), *_own_headers(ctx)]
