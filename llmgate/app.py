@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from typing import Any
 
 from llmgate.config import Settings
@@ -52,10 +53,18 @@ def freeze_startup_heap() -> None:
     flight keep the default count of 700 crossed, so a young collection ran every
     few calls and walked them all (~20 us per call at 32 in flight, bench/profile_app.py);
     at 10,000 one runs every few thousand calls.
+
+    Last, glibc is asked to hand back the free pages start-up left in its heap
+    (`malloc_trim`, about 1.5 MB of resident memory); elsewhere this is skipped.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def build_gateway(settings: Settings) -> Gateway:

@@ -5,7 +5,11 @@ tests and several apps in one process do not collide. `observe(ctx)` runs once
 per settled call on the event loop, so the per-call figures are plain numbers
 in dicts (`CallStats`), turned into metric families only when scraped — a few
 microseconds per call. Rare events (throttle decisions, upstream errors,
-cooldowns) use prometheus_client counters whose labelled children are cached.
+cooldowns) are counted the same way (`EventCounter`), exported like
+prometheus_client's own labelled counters.
+
+prometheus_client itself (about 2 MB of modules) is imported on the first
+scrape, when the registry is built: a gateway nobody scrapes never loads it.
 
 Labels are bounded on purpose: by surface, model group, status, provider,
 deployment — never by key (per-key figures live in the usage reports). Model
@@ -20,21 +24,21 @@ wait for capacity), routing, earlier failed attempts, translation.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.utils import floatToGoString
+from typing import TYPE_CHECKING, Any
 
 from llmgate.looplag import LAG_BUCKETS
 from llmgate.types import RequestContext
 
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # prometheus_client's CONTENT_TYPE_PLAIN_0_0_4
 OTHER = "other"
 
 GATEWAY_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -47,20 +51,61 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
-class _Children:
-    """A labelled metric's children, cached by label values."""
+def _created_series() -> bool:
+    """Whether counters export `_created` samples (prometheus_client's switch, set from
+    PROMETHEUS_DISABLE_CREATED_SERIES or `disable_created_metrics()`)."""
+    from prometheus_client import metrics
 
-    __slots__ = ("cache", "metric")
+    return bool(getattr(metrics, "_use_created", True))
 
-    def __init__(self, metric: Any) -> None:
-        self.metric = metric
-        self.cache: dict[tuple[Any, ...], Any] = {}
 
-    def get(self, *labels: Any) -> Any:
-        child = self.cache.get(labels)
-        if child is None:
-            child = self.cache[labels] = self.metric.labels(*(str(v) for v in labels))
-        return child
+class EventCounter:
+    """A labelled counter of rare events, exported as prometheus_client's `Counter` would be.
+
+    Counts live in a dict keyed by the label values as strings, each with the time
+    its series appeared (the `_created` sample); prometheus_client is needed only
+    at scrape time.
+    """
+
+    __slots__ = ("_by_given", "counts", "documentation", "labelnames", "lock", "name")
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.counts: dict[tuple[str, ...], list[float]] = {}  # label values -> [count, created]
+        self._by_given: dict[tuple[Any, ...], list[float]] = {}  # the same entries by the values as given
+        self.lock = threading.Lock()  # thread-safe, as prometheus_client's Counter is
+
+    def inc(self, *labels: Any) -> None:
+        entry = self._by_given.get(labels)
+        if entry is None:
+            entry = self._series(labels)
+        with self.lock:
+            entry[0] += 1.0
+
+    def _series(self, labels: tuple[Any, ...]) -> list[float]:
+        key = tuple(str(v) for v in labels)
+        with self.lock:
+            entry = self.counts.get(key)
+            if entry is None:
+                entry = self.counts[key] = [0.0, time.time()]
+            self._by_given[labels] = entry
+        return entry
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        created = _created_series()
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self.lock:
+            series = [(key, count, at) for key, (count, at) in self.counts.items()]
+        for key, count, at in series:
+            family.add_metric(key, count, created=at if created else None)
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
 
 
 class UsageWriterCollector:
@@ -70,6 +115,8 @@ class UsageWriterCollector:
         self.writer = writer
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         w = self.writer
         yield GaugeMetricFamily("llmgate_usage_queue_depth", "Usage rows waiting in memory.", value=w.queue_depth)
         yield CounterMetricFamily(
@@ -93,6 +140,8 @@ class LoopLagCollector:
         self.monitor = monitor
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
         m = self.monitor
         yield GaugeMetricFamily(
             "llmgate_event_loop_lag_max_seconds",
@@ -131,6 +180,8 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
+        from prometheus_client.utils import floatToGoString
+
         out: list[tuple[str, float]] = []
         running = 0
         for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
@@ -158,6 +209,8 @@ class CallStats:
         self.retries: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
         requests = CounterMetricFamily(
             "llmgate_requests", "Calls by surface, model and status.", labels=("surface", "model", "status")
         )
@@ -202,6 +255,8 @@ class CallStats:
 
 
 def _histograms(name: str, documentation: str, label: str, by_label: dict[str, _Histogram]) -> Metric:
+    from prometheus_client.core import HistogramMetricFamily
+
     family = HistogramMetricFamily(name, documentation, labels=(label,))
     for value, histogram in list(by_label.items()):
         family.add_metric((value,), histogram.buckets(), histogram.total)
@@ -215,6 +270,8 @@ class LimiterStatsCollector:
         self.stats = stats
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
         stats = dict(self.stats)
         yield CounterMetricFamily(
             "llmgate_limiter_store_errors",
@@ -236,34 +293,51 @@ class LimiterStatsCollector:
 
 
 class Metrics:
-    """The gateway's counters and histograms, in a registry of their own."""
+    """The gateway's counters and histograms, in a registry of their own (built on first scrape)."""
 
     def __init__(
         self, known_models: Iterable[str] | None = None, max_models: int = 500, process_metrics: bool = True
     ) -> None:
-        self.registry = CollectorRegistry()
         self.known_models = frozenset(known_models) if known_models is not None else None
         self.max_models = max_models
+        self.process_metrics = process_metrics
         self._model_labels: dict[str, str] = {}
         self.calls = CallStats()
-        r = self.registry
-        r.register(self.calls)
-        self.throttle = _Children(
-            Counter(
-                "llmgate_throttle_decisions",
-                "Throttle refusals and waits by scope and reason.",
-                ("scope", "reason"),
-                registry=r,
-            )
+        self.throttle = EventCounter(
+            "llmgate_throttle_decisions", "Throttle refusals and waits by scope and reason.", ("scope", "reason")
         )
-        self.upstream_errors = _Children(
-            Counter("llmgate_upstream_errors", "Failed upstream attempts.", ("provider", "code"), registry=r)
+        self.upstream_errors = EventCounter(
+            "llmgate_upstream_errors", "Failed upstream attempts.", ("provider", "code")
         )
-        self.cooldowns = _Children(
-            Counter("llmgate_deployment_cooldowns", "Deployments put in cooldown.", ("deployment",), registry=r)
-        )
-        if process_metrics:
-            ProcessCollector(registry=r)
+        self.cooldowns = EventCounter("llmgate_deployment_cooldowns", "Deployments put in cooldown.", ("deployment",))
+        self._bound: list[Any] = []  # collectors bound by the app, in order
+        self._registry: CollectorRegistry | None = None
+        self._registry_lock = threading.Lock()
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """Every collector in one CollectorRegistry, in a fixed order (that of the exposition)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            from prometheus_client.process_collector import ProcessCollector
+
+            with self._registry_lock:
+                if self._registry is None:
+                    registry = CollectorRegistry()
+                    for collector in (self.calls, self.throttle, self.upstream_errors, self.cooldowns):
+                        registry.register(collector)
+                    if self.process_metrics:
+                        ProcessCollector(registry=registry)
+                    for collector in self._bound:
+                        registry.register(collector)
+                    self._registry = registry
+        return self._registry
+
+    def _bind(self, collector: Any) -> None:
+        with self._registry_lock:
+            self._bound.append(collector)
+            if self._registry is not None:
+                self._registry.register(collector)
 
     # --- per call --------------------------------------------------------------------
 
@@ -316,31 +390,33 @@ class Metrics:
 
     def throttle_decision(self, scope: str, reason: str) -> None:
         """A limit refused or delayed a call (scope: key/team/global/model/policy; reason: rpm/tpm/...)."""
-        self.throttle.get(scope, reason).inc()
+        self.throttle.inc(scope, reason)
 
     def upstream_error(self, provider: str, code: str | int | None) -> None:
         """One failed upstream attempt (whether or not it was retried)."""
-        self.upstream_errors.get(provider, code if code is not None else "unknown").inc()
+        self.upstream_errors.inc(provider, code if code is not None else "unknown")
 
     def cooldown(self, deployment: str) -> None:
-        self.cooldowns.get(deployment).inc()
+        self.cooldowns.inc(deployment)
 
     def bind_limiter_stats(self, stats: dict[str, int]) -> None:
         """Expose the limiter's own counters (`ThrottleLimiter.stats`): store errors and outcomes."""
-        self.registry.register(LimiterStatsCollector(stats))
+        self._bind(LimiterStatsCollector(stats))
 
     def bind_loop_lag(self, monitor: Any) -> None:
         """Expose the event-loop lag monitor's figures (llmgate.looplag.LoopLagMonitor)."""
-        self.registry.register(LoopLagCollector(monitor))
+        self._bind(LoopLagCollector(monitor))
 
     def bind_usage_writer(self, writer: Any) -> None:
         """Expose the usage writer's queue depth and written/spilled/dropped totals."""
-        self.registry.register(UsageWriterCollector(writer))
+        self._bind(UsageWriterCollector(writer))
 
     # --- exposition ------------------------------------------------------------------
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
+        from prometheus_client.exposition import generate_latest
+
         return generate_latest(self.registry)
 
     async def asgi(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
@@ -348,6 +424,8 @@ class Metrics:
         if scope.get("method") not in ("GET", "HEAD"):
             await _respond(send, 405, b"method not allowed\n", "text/plain; charset=utf-8", [(b"allow", b"GET, HEAD")])
             return
+        if self._registry is None:  # the first scrape imports prometheus_client (~25 ms): not on the loop
+            await asyncio.to_thread(lambda: self.registry)
         await _respond(send, 200, self.render(), CONTENT_TYPE, head=scope["method"] == "HEAD")
 
 

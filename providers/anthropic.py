@@ -33,7 +33,6 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
 import orjson
 
 from llmgate.errors import GatewayError, InvalidRequest, UpstreamError
@@ -442,6 +441,8 @@ def check_tool_schema(schema: Any) -> str | None:
 @lru_cache(maxsize=512)
 def _schema_problem(schema_json: bytes) -> str | None:
     """Check against the JSON Schema meta-schema, once per distinct schema (tools repeat per call)."""
+    import jsonschema  # imported here: only calls with tools need it, and it weighs ~3 MB
+
     schema = orjson.loads(schema_json)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

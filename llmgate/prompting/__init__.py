@@ -5,7 +5,12 @@
 - inputs.py     the call contract: input checks, JSON schemas, output checks
 - store.py      the storage protocol and an in-memory store
 - service.py    versions, labels, lifecycle, access, the in-process cache
+
+`compile_prompt` is looked up on first use (module `__getattr__`): it brings in
+Jinja2, which a gateway without prompts does not need.
 """
+
+from typing import Any
 
 from llmgate.prompting.document import DocumentError, Prompt, parse_prompt
 from llmgate.prompting.service import (
@@ -16,7 +21,6 @@ from llmgate.prompting.service import (
     start_prompt_service,
 )
 from llmgate.prompting.store import InMemoryPromptStore, PromptStore
-from llmgate.prompting.templates import compile_prompt
 
 __all__ = [
     "DocumentError",
@@ -31,3 +35,11 @@ __all__ = [
     "reload_prompts",
     "start_prompt_service",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "compile_prompt":
+        from llmgate.prompting.templates import compile_prompt
+
+        return compile_prompt
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

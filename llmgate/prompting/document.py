@@ -16,8 +16,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llmgate.config import UPSTREAM_OVERRIDE_FIELDS
@@ -145,6 +143,9 @@ class Prompt(_Strict):
     def _output_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
         if schema is None:
             return None
+        from jsonschema import Draft202012Validator  # imported here: only prompts with an output schema need it
+        from jsonschema.exceptions import SchemaError
+
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:

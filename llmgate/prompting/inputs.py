@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from jsonschema import Draft202012Validator
 
 from llmgate.config import UPSTREAM_OVERRIDE_FIELDS
 from llmgate.errors import InvalidRequest, Unprocessable, UpstreamError
@@ -211,6 +210,8 @@ def parse_output(prompt: Prompt, content: str | None) -> Any:
             "The model's reply is not valid JSON, but this prompt declares an output schema.",
             code="output_schema_mismatch",
         ) from None
+    from jsonschema import Draft202012Validator  # imported here: only prompts with an output schema need it
+
     errors = sorted(Draft202012Validator(prompt.output_schema).iter_errors(value), key=lambda e: list(e.path))
     if errors:
         first = errors[0]

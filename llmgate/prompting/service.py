@@ -12,6 +12,9 @@ API); else, when every version is a draft, the latest draft.
 Files in `prompts_dir` are loaded at start and on reload. A file becomes a new
 version only when it differs from the last version loaded from it, so a version
 saved through the admin API is not overwritten by an unchanged file at restart.
+
+Jinja2 (llmgate.prompting.templates) is imported when the first version is
+compiled or rendered, so a gateway with no prompts never loads it.
 """
 
 from __future__ import annotations
@@ -26,16 +29,16 @@ from datetime import UTC, datetime
 from datetime import time as dt_time
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, TypeVar
-
-from jinja2 import Template
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llmgate.errors import Gone, InvalidRequest, NotFound, PermissionDenied, Unprocessable
 from llmgate.prompting.document import DocumentError, Prompt, list_prompt_files, read_prompt_file
 from llmgate.prompting.inputs import build_input_schema, validate_extra_messages, validate_inputs
 from llmgate.prompting.store import InMemoryPromptStore, PromptStore
-from llmgate.prompting.templates import RenderFailed, compile_prompt, render_templates
 from llmgate.types import KeyInfo
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 log = logging.getLogger("llmgate.prompts")
 
@@ -118,6 +121,13 @@ def unprocessable_document(exc: DocumentError) -> Unprocessable:
     return Unprocessable(
         f"Invalid prompt: {exc}", param=first.where.split(" ")[0] if first else None, code="invalid_prompt"
     )
+
+
+def compile_prompt(document: Any) -> tuple[Prompt, tuple[Template, ...]]:
+    """`llmgate.prompting.templates.compile_prompt`, importing the Jinja2 sandbox on first use."""
+    from llmgate.prompting.templates import compile_prompt as compile_document
+
+    return compile_document(document)
 
 
 def not_found(name: str) -> NotFound:
@@ -249,6 +259,8 @@ class PromptService:
 
     async def render(self, pv: PromptVersion, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The chat messages of a call: inputs checked, templates rendered, the caller's messages appended."""
+        from llmgate.prompting.templates import RenderFailed, render_templates
+
         context = validate_inputs(pv.prompt, body)
         extra = validate_extra_messages(body)
         try:
