@@ -76,9 +76,14 @@ async def main() -> None:
                 n = max(1, args.n // 10)
                 print(f"redis   {name:<16} {await run(limiter, n, preset):7.2f} (mean; 2 round trips per request)")
         finally:
-            keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+            cursor, keys = b"0", []
+            while True:
+                cursor, batch = await client.execute("SCAN", cursor, "MATCH", f"{prefix}*", "COUNT", 1000)
+                keys += batch
+                if cursor == b"0":
+                    break
             if keys:
-                await client.delete(*keys)
+                await client.execute("DEL", *keys)
             await client.aclose()
 
 

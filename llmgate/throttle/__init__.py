@@ -34,7 +34,7 @@ def build_limiter(
     url = settings.gateway.redis_url
     if not url:
         return ThrottleLimiter(settings, estimate_cost_nusd=estimator, stats=stats)
-    # Imported here: the redis client library costs ~5 MB and ~0.1 s that memory-only gateways never need.
+    # Imported here: memory-only gateways never load the Redis client (llmgate.throttle.resp, hiredis).
     from llmgate.throttle.redis import RedisBackend, build_client
 
     signals = {p.signal for p in settings.throttle.policies}

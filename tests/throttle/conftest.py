@@ -81,19 +81,37 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
     yield prefix
     client = build_client(redis_url)
     try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await delete_keys(client, f"{prefix}*")
     finally:
         await client.aclose()
+
+
+async def delete_keys(client: Any, pattern: str) -> None:
+    """Delete every key matching `pattern` (SCAN, then DEL) through a RespClient."""
+    keys: list[bytes] = []
+    cursor = b"0"
+    while True:
+        cursor, batch = await client.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+        keys += batch
+        if cursor == b"0":
+            break
+    if keys:
+        await client.execute("DEL", *keys)
+
+
+async def hash_of(client: Any, key: str) -> dict[bytes, bytes]:
+    """HGETALL as a dict."""
+    flat = await client.execute("HGETALL", key)
+    return dict(zip(flat[0::2], flat[1::2], strict=True))
 
 
 class ThrowawayRedis:
     """A private redis-server on a free loopback port that a test may stop and start again."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
         import socket
 
+        self.extra_args = extra_args
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -110,7 +128,18 @@ class ThrowawayRedis:
         if binary is None:
             pytest.skip("redis-server is not installed: the outage tests run their own throwaway server")
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *self.extra_args,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

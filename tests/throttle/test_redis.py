@@ -19,7 +19,7 @@ from llmgate.errors import QuotaExceeded, Throttled
 from llmgate.throttle import ThrottleLimiter, build_limiter
 from llmgate.throttle.redis import RedisBackend, build_client
 
-from .conftest import finish, make_ctx, make_key, make_settings
+from .conftest import delete_keys, finish, hash_of, make_ctx, make_key, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,13 +35,13 @@ class CountingClient:
     def __init__(self, client) -> None:
         self.client = client
         self.commands: list[str] = []
-        original = client.execute_command
+        original = client.send
 
-        async def counted(*args, **kwargs):
-            self.commands.append(str(args[0]))
-            return await original(*args, **kwargs)
+        def counted(payload: bytes):
+            self.commands.append(payload.split(b"\r\n")[2].decode())  # *N, $len, NAME
+            return original(payload)
 
-        client.execute_command = counted
+        client.send = counted
 
 
 async def test_twenty_concurrent_calls_against_rpm_5_admit_exactly_5(redis_url, redis_prefix):
@@ -100,12 +100,13 @@ async def test_token_reservations_settle_in_their_own_bucket(redis_url, redis_pr
     await limiter.admit(second)
     assert second.headers["x-ratelimit-remaining-tokens"] == "20"
     client = limiter.backend.primary.client
-    buckets = await client.hgetall(f"{redis_prefix}w:k:k1|tpm")
-    assert sum(int(v) for v in buckets.values()) == 80
+    buckets = await hash_of(client, f"{redis_prefix}w:k:k1|tpm")
+    # Bucket fields only: the negative ids are the script's bookkeeping (sum, frontier, newest).
+    assert sum(int(v) for k, v in buckets.items() if not k.startswith(b"-")) == 80
     assert str(first.admission.buckets[0]).encode() in buckets
     await limiter.settle(second)  # no usage: the whole reservation goes back
-    buckets = await client.hgetall(f"{redis_prefix}w:k:k1|tpm")
-    assert sum(int(v) for v in buckets.values()) == 20
+    buckets = await hash_of(client, f"{redis_prefix}w:k:k1|tpm")
+    assert sum(int(v) for k, v in buckets.items() if not k.startswith(b"-")) == 20
     await limiter.close()
 
 
@@ -121,7 +122,8 @@ async def test_concurrency_and_budgets_hold_under_concurrency(redis_url, redis_p
     assert len(admitted) == 3  # 3 x 0.30 reserved; a fourth could pass 1 USD
     assert all(isinstance(o, QuotaExceeded) for o in outcomes if o is not None)
     await asyncio.gather(*(limiter.settle(finish(c, cost_nusd=200_000_000)) for c in admitted))
-    spent = await limiter.backend.primary.client.get(f"{redis_prefix}s:k:k1|{admitted[0].admission.periods.week}")
+    week = admitted[0].admission.periods.week
+    spent = await limiter.backend.primary.client.execute("GET", f"{redis_prefix}s:k:k1|{week}")
     assert int(spent) == 600_000_000
     more = [make_ctx(key) for _ in range(10)]
     outcomes = await asyncio.gather(*(limiter.admit(c) for c in more), return_exceptions=True)
@@ -304,11 +306,8 @@ async def test_a_concurrent_weighted_burst_never_passes_the_token_limit(redis_ur
                 assert isinstance(outcome, Throttled)
                 assert admitted + ctx.reserved_tokens > limit  # refused only when it could not fit
         client = limiter.backend.primary.client
-        stored = await client.hgetall(f"{prefix}w:k:k1|tpm")
-        assert sum(int(v) for v in stored.values()) == admitted
+        stored = await hash_of(client, f"{prefix}w:k:k1|tpm")
+        assert sum(int(v) for k, v in stored.items() if not k.startswith(b"-")) == admitted
     finally:
-        client = limiter.backend.primary.client
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await delete_keys(limiter.backend.primary.client, f"{prefix}*")
         await limiter.close()
