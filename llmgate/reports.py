@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from llmgate.cost import format_usd
 from llmgate.errors import InvalidRequest
-from llmgate.storage.store import GROUP_BY_CHOICES, REPORT_GROUP_COLUMNS, REPORT_TOTAL_FIELDS
+from llmgate.storage.store import GROUP_BY_CHOICES, REPORT_GROUP_COLUMNS
+from llmgate.storage.usage_batch import REPORT_TOTAL_FIELDS
 
 ReportFormat = Literal["json", "csv"]
 # Spreadsheets run a cell starting with these as a formula; a key name must never do that.

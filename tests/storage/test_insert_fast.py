@@ -23,10 +23,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from llmgate.storage import Store, create_store
+from llmgate.storage import Store, create_store, usage_batch
 from llmgate.storage import store as store_module
 from llmgate.storage.models import USAGE_COLUMNS, UsageDailyRow, UsageRow
-from llmgate.storage.store import (
+from llmgate.storage.usage_batch import (
     DAILY_COLUMNS,
     DAILY_KEY_COLUMNS,
     REPORT_TOTAL_FIELDS,
@@ -319,7 +319,7 @@ def test_postgresql_copy_types_are_the_tables(pg_schema_url: str) -> None:
                     )
                 ).all()
             )
-        assert [types[name] for name in USAGE_COLUMNS] == store_module._PG_COPY_TYPES
+        assert [types[name] for name in USAGE_COLUMNS] == usage_batch._PG_COPY_TYPES
     finally:
         store.close()
 

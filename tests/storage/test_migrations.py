@@ -12,7 +12,7 @@ from sqlmodel import SQLModel
 
 from llmgate.storage import Store, create_store
 from llmgate.storage.models import UsageRow
-from llmgate.storage.store import _usage_values
+from llmgate.storage.usage_batch import _usage_values
 
 TABLES = {"keys", "teams", "usage", "usage_daily", "prompt_versions", "prompt_labels"}
 HEAD = "0002"
