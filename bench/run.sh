@@ -14,7 +14,8 @@
 #   BENCH_PORT=4600 (the gateways under test listen there; LiteLLM too)
 #
 # Variants: memory (in-memory limits, SQLite usage), redis-pg (Redis limits, PostgreSQL
-# usage; needs BENCH_REDIS_URL / BENCH_PG_URL), workers2 (redis-pg with --workers 2 on
+# usage; needs BENCH_REDIS_URL / BENCH_PG_URL; a local redis-server and PostgreSQL are
+# pinned to LOAD_CPU for the variant, beside nginx and wrk), workers2 (redis-pg with --workers 2 on
 # the CPUs in WORKERS_CPUS, default "0,1": this machine has two cores, so nginx and wrk
 # share them; read it as a scaling indication, not a clean figure), granian (memory,
 # served by granian instead of uvicorn, when granian is installed).
@@ -32,7 +33,7 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out=$here/results/$stamp.md
 mkdir -p "$here/results"
 work=$(mktemp -d /tmp/llmgate-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+trap 'restore_services; rm -rf "$work"' EXIT
 py=$root/.venv/bin/python
 
 # config_for VARIANT -> path of a config file for it
@@ -59,10 +60,32 @@ bench_key() {
     --rpm 100000000 --tpm 10000000000 --json | "$py" -c 'import json, sys; print(json.load(sys.stdin)["key"])'
 }
 
+# pin_services CPUS: move every thread of the local redis-server and PostgreSQL to CPUS (the
+# load generator's core), so Redis and PostgreSQL never take the gateway's core; the
+# original affinity of each is restored at exit. No-op for a service not running here.
+service_masks=()
+pin_services() {
+  local pid
+  for pid in $(pgrep -x redis-server) $(pgrep -x postgres); do
+    service_masks+=("$pid:$(taskset -p "$pid" | awk '{print $NF}')")
+    taskset -a -p -c "$1" "$pid" >/dev/null
+  done
+}
+restore_services() {
+  local entry
+  for entry in "${service_masks[@]}"; do
+    taskset -a -p "${entry#*:}" "${entry%%:*}" >/dev/null 2>&1 || true
+  done
+  service_masks=()
+}
+
 run_variant() {
   local variant=$1 cfg key workers=1 cpu=${GW_CPU:-1} server=()
   cfg=$(config_for "$variant")
   key=$(bench_key "$cfg")
+  case $variant in
+    redis-pg | workers2) pin_services "${LOAD_CPU:-0}" ;;
+  esac
   case $variant in
     workers2) workers=2; cpu=${WORKERS_CPUS:-0,1} ;;
     granian) server=(--server granian) ;;
@@ -77,6 +100,7 @@ run_variant() {
   echo
   echo "Usage rows recorded: $("$py" "$here/usage_rows.py" "$cfg")"
   echo
+  restore_services
 }
 
 {
