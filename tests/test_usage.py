@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,15 @@ import pytest
 
 from llmgate.errors import UpstreamTimeout
 from llmgate.types import KeyInfo, RequestContext, Usage
-from llmgate.usage import USAGE_COLUMNS, UsageSinks, UsageWriter, build_usage_row, dump_rows
+from llmgate.usage import (
+    INSERT_THREAD_NICE,
+    USAGE_COLUMNS,
+    UsageSinks,
+    UsageWriter,
+    build_usage_row,
+    dump_rows,
+    lower_thread_priority,
+)
 
 
 class FakeStore:
@@ -476,3 +485,45 @@ async def test_a_real_outage_then_recovery_loses_nothing_and_the_report_is_exact
     assert report["cost_nusd"] == sum(1000 + i for i in range(20))
     assert report["input_tokens"] == sum(100 + i for i in range(20))
     assert not spill.exists() and not second.replay_path.exists()
+
+
+def _own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+async def test_batches_are_inserted_by_one_thread_below_the_loops_priority(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    store = FakeStore()
+
+    def insert(rows: list[dict[str, Any]]) -> None:
+        seen.append((threading.get_ident(), _own_nice()))
+        store.insert(rows)
+
+    loop_nice = _own_nice()
+    writer = UsageWriter(insert, spill_path=tmp_path / "spill.jsonl", batch_size=2, flush_interval_s=10.0)
+    writer.start()
+    for i in range(6):
+        writer.record(make_ctx(i))
+    await wait_until(lambda: len(store.rows) == 6)
+    await writer.aclose()
+    assert len({thread for thread, _ in seen}) == 1
+    assert {nice for _, nice in seen} == {min(19, loop_nice + INSERT_THREAD_NICE)}
+    assert _own_nice() == loop_nice  # the event loop's thread is untouched
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_lowering_a_threads_priority_caps_at_19_and_leaves_others_alone() -> None:
+    results: dict[str, int] = {}
+
+    def run(name: str, increment: int) -> None:
+        lower_thread_priority(increment)
+        results[name] = _own_nice()
+
+    base = _own_nice()
+    for name, increment in (("ten", 10), ("huge", 100)):
+        thread = threading.Thread(target=run, args=(name, increment))
+        thread.start()
+        thread.join()
+    assert results == {"ten": min(19, base + 10), "huge": 19}
+    assert _own_nice() == base
