@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SUMMARY_MARK = "## Summary"
+QUIET_MARK = "### One connection, nothing else running"
 PALETTE = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#0a7e8c", "#6e7781")
 
 
@@ -39,6 +40,9 @@ class Section:
     rss_peak: int | None = None
     stream_added_ttfb: float | None = None
     usage_rows: int | None = None
+    # +p99 at one connection from bench/run.sh's quiet cells (no RSS sampler), per scenario
+    quiet_added_p99: dict[str, float] = field(default_factory=dict)
+    in_quiet_table: bool = False
 
     def cell(self, scenario: str, conns: int) -> Cell | None:
         return next((c for c in self.cells if c.scenario == scenario and c.conns == conns), None)
@@ -62,6 +66,13 @@ def parse_sections(text: str) -> list[Section]:
 
 
 def parse_line(section: Section, line: str) -> None:
+    if line.startswith("### "):
+        section.in_quiet_table = line.startswith(QUIET_MARK)
+        return
+    if section.in_quiet_table:
+        if m := re.match(r"\| (openai|anthropic) \|(?: [^|]+ \|){5} ([+-][\d.]+) \|$", line):
+            section.quiet_added_p99[m.group(1)] = float(m.group(2))
+        return
     if m := re.match(r"Gateway start-up to first healthy response: (\d+) ms", line):
         section.startup_ms = int(m.group(1))
     elif m := re.match(r"Gateway RSS: idle (\d+) MiB, peak during run (\d+) MiB", line):
@@ -91,9 +102,9 @@ def build_summary(sections: list[Section]) -> str:
     lines = [
         SUMMARY_MARK,
         "",
-        "| gateway | scenario | rps @1 | rps @32 | x LiteLLM @32 | +p50 ms @1 | +p99 ms @1 | CPU ms/req @32 "
-        "| stream +ttfb ms | RSS idle/peak MiB | start-up ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gateway | scenario | rps @1 | rps @32 | x LiteLLM @32 | +p50 ms @1 | +p99 ms @1 | +p99 ms @1 quiet "
+        "| CPU ms/req @32 | stream +ttfb ms | RSS idle/peak MiB | start-up ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for section in sections:
         for scenario in dict.fromkeys(c.scenario for c in section.cells):
@@ -111,6 +122,7 @@ def build_summary(sections: list[Section]) -> str:
                         ratio,
                         f"{one.added_p50:+.2f}" if one else "-",
                         f"{one.added_p99:+.2f}" if one else "-",
+                        f"{section.quiet_added_p99[scenario]:+.2f}" if scenario in section.quiet_added_p99 else "-",
                         f"{busy.cpu_ms:.2f}" if busy and busy.cpu_ms is not None else "-",
                         f"{section.stream_added_ttfb:+.2f}" if section.stream_added_ttfb is not None else "-",
                         f"{section.rss_idle}/{section.rss_peak}" if section.rss_idle is not None else "-",

@@ -11,6 +11,7 @@
 #   VARIANTS="memory redis-pg" bench/run.sh        # also Redis limits + PostgreSQL usage
 #   VARIANTS="memory workers2" bench/run.sh        # also --workers 2 with Redis
 #   SKIP_LITELLM=1 CONNS="1 32" DURATION=6 bench/run.sh
+#   SKIP_QUIET=1 (skip the one-connection cells rerun with nothing else running)
 #   BENCH_PORT=4600 (the gateways under test listen there; LiteLLM too)
 #
 # Variants: memory (in-memory limits, SQLite usage), redis-pg (Redis limits, PostgreSQL
@@ -100,7 +101,45 @@ run_variant() {
   echo
   echo "Usage rows recorded: $("$py" "$here/usage_rows.py" "$cfg")"
   echo
+  [[ $workers == 1 && -z ${SKIP_QUIET:-} ]] && quiet_one_connection "$cfg" "$key" "$cpu"
   restore_services
+}
+
+# wrk_one URL MODEL SECONDS KEY -> "p50 p99" at one connection (the kit's post.lua, on LOAD_CPU)
+wrk_one() {
+  BENCH_MODEL=$2 BENCH_KEY=$4 taskset -c "${LOAD_CPU:-0}" wrk -t1 -c1 -d"$3"s -s "$kit/post.lua" "$1" \
+    | sed -n 's/^RESULT .* p50=\([^ ]*\) p99=\([^ ]*\) .*/\1 \2/p'
+}
+
+# quiet_one_connection CONFIG KEY CPU: the one-connection cells again with nothing else
+# running. The kit samples the gateway's RSS every 0.5 s (`ps` over every process), and
+# on two cores that sampler shares a core with wrk and nginx or with the gateway: at one
+# connection, where a call takes ~0.2 ms, it shows in the p99 (A/B: +0.5-1 ms). Here the
+# same wrk script runs alone against the same gateway, direct cell first.
+quiet_one_connection() {
+  local cfg=$1 key=$2 cpu=$3 ngx gw scenario model direct dp50 dp99 gp50 gp99
+  ngx=$(mktemp -d /tmp/llmgate-quiet.XXXXXX); mkdir -p "$ngx/tmp"
+  taskset -c "${LOAD_CPU:-0}" nginx -p "$ngx" -c "$kit/upstream/nginx.conf" -e "$ngx/error.log" -g 'daemon off;' &
+  local nginx_pid=$!
+  taskset -c "$cpu" "$root/.venv/bin/llmgate" serve --config "$cfg" --port "$port" >/dev/null 2>&1 &
+  gw=$!
+  for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$port/health" && break; sleep 0.05; done
+  echo "### One connection, nothing else running (no RSS sampler; ${DURATION}s per cell)"
+  echo
+  echo "| upstream | direct p50 ms | direct p99 ms | gw p50 ms | gw p99 ms | +p50 ms | +p99 ms |"
+  echo "|---|---|---|---|---|---|---|"
+  for scenario in "openai fake-gpt /v1/chat/completions" "anthropic ${ANTHROPIC_MODEL-fake-claude} /v1/messages"; do
+    read -r scenario model direct <<<"$scenario"
+    [[ -z $model ]] && continue
+    wrk_one "http://127.0.0.1:$port/v1/chat/completions" "$model" "${WARMUP}" "$key" >/dev/null
+    read -r dp50 dp99 < <(wrk_one "http://127.0.0.1:18080$direct" "$model" "$DURATION" "$key")
+    read -r gp50 gp99 < <(wrk_one "http://127.0.0.1:$port/v1/chat/completions" "$model" "$DURATION" "$key")
+    awk -v s="$scenario" -v d5="$dp50" -v d9="$dp99" -v g5="$gp50" -v g9="$gp99" \
+      'BEGIN{printf "| %s | %.2f | %.2f | %.2f | %.2f | %+.2f | %+.2f |\n", s,d5,d9,g5,g9,g5-d5,g9-d9}'
+  done
+  echo
+  kill "$gw" "$nginx_pid" 2>/dev/null; wait "$gw" "$nginx_pid" 2>/dev/null || true
+  rm -rf "$ngx"
 }
 
 {
