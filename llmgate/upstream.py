@@ -13,6 +13,7 @@ gateway errors that name the provider and never its key.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -52,6 +53,13 @@ def transport_error(exc: BaseException, provider: str, url: str) -> GatewayError
     connect_errors = (UpstreamUnreachable, httpx.ConnectError) if httpx else UpstreamUnreachable
     timeouts = (TimeoutError, httpx.TimeoutException) if httpx else TimeoutError
     if isinstance(exc, connect_errors) and not isinstance(exc, TimeoutError):
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            # Named, or an operator sees only "unreachable" for a certificate or host name problem.
+            reason = cause.verify_message or "certificate verification failed"
+            return UpstreamError(
+                f"provider {provider!r} is unreachable ({_host(url)}): TLS certificate refused: {reason}"
+            )
         return UpstreamError(f"provider {provider!r} is unreachable ({_host(url)})")
     if isinstance(exc, timeouts):
         return UpstreamTimeout(f"provider {provider!r} timed out")
