@@ -252,8 +252,14 @@ def parse_date_range(start: str | None, end: str | None, today: date) -> tuple[D
     return DateRange(start_day, end_day), None
 
 
+def _now() -> float:
+    """The clock of the figures (budget periods, the default range): one place, so a page
+    rendered across midnight UTC, or a test, sees one day."""
+    return time.time()
+
+
 def _today() -> date:
-    return datetime.now(UTC).date()
+    return datetime.fromtimestamp(_now(), UTC).date()
 
 
 def _range_of(request: Request) -> tuple[DateRange, str | None]:
@@ -517,7 +523,7 @@ async def keys_table(request: Request) -> Response:
     )
     rows = build_key_rows(records, usage)
     limits = gateway.settings.limits
-    spend = await _budget_spend(gateway.store, records, limits, time.time())
+    spend = await _budget_spend(gateway.store, records, limits, _now())
     for row in rows:
         if row["record"] is not None:
             row["budget_nusd"], row["budget_period"] = build_budget(row["record"], limits)
@@ -592,7 +598,7 @@ async def key_page(request: Request, key_id: str) -> Response:
     title = f"Cost per day by model for {key['name']}, {rng.start} to {rng.end} (UTC)"
     limits = gateway.settings.limits
     budget_nusd, budget_period = build_budget(record, limits) if record else (None, "month")
-    spend = await _budget_spend(gateway.store, [record], limits, time.time()) if record else {}
+    spend = await _budget_spend(gateway.store, [record], limits, _now()) if record else {}
     steps = build_steps_in_force(gateway.limiter, record) if record else []
     context = {
         "page": "keys",

@@ -27,6 +27,8 @@ from llmgate.throttle.limiter import ThrottleLimiter
 MASTER = "sk-master-for-dashboard-tests"
 NANO = 1_000_000_000
 TODAY = datetime.now(UTC).date()
+# The dashboard and the limiter see noon of TODAY, so a run crossing midnight UTC keeps one day.
+NOON_TODAY = datetime(TODAY.year, TODAY.month, TODAY.day, 12, tzinfo=UTC).timestamp()
 DAY1 = TODAY - timedelta(days=3)
 DAY2 = TODAY - timedelta(days=2)
 RANGE = {"start": (TODAY - timedelta(days=6)).isoformat(), "end": TODAY.isoformat()}
@@ -62,9 +64,14 @@ DAILY_TIERS = {
 
 async def _tiered_limiter(settings: Settings, tokens_today: dict[str, int]) -> ThrottleLimiter:
     """The real throttle engine with one step policy, its tokens-today counters set from `tokens_today`."""
-    limiter = ThrottleLimiter(settings)
+    limiter = ThrottleLimiter(settings, clock=lambda: NOON_TODAY)
     await limiter.reconcile({}, {}, tokens_today)
     return limiter
+
+
+@pytest.fixture(autouse=True)
+def _held_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dashboard, "_now", lambda: NOON_TODAY)
 
 
 @pytest.fixture
