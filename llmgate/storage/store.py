@@ -65,15 +65,15 @@ from llmgate.storage.models import (
     utc_now,
 )
 from llmgate.storage.usage_batch import (
-    _EPOCH,
-    _MICROSECOND,
-    _PG_COPY_TYPES,
     DAILY_COLUMNS,
     DAILY_KEY_COLUMNS,
+    EPOCH,
+    MICROSECOND,
+    PG_COPY_TYPES,
     REPORT_TOTAL_FIELDS,
-    _fits_binary_copy,
     build_daily_totals,
     build_usage_tuples,
+    fits_binary_copy,
 )
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -323,12 +323,12 @@ class Store:
             totals = orjson.dumps([dict(zip(DAILY_COLUMNS, group, strict=True)) for group in daily]).decode()
         except TypeError as exc:
             raise _DriverRefused from exc  # an int past 64 bits
-        if not _fits_binary_copy(batch):
+        if not fits_binary_copy(batch):
             raise _DriverRefused
         with self._driver_transaction() as driver, driver.cursor() as cursor:
             try:
                 with cursor.copy(_PG_COPY_USAGE) as copy:
-                    copy.set_types(_PG_COPY_TYPES)
+                    copy.set_types(PG_COPY_TYPES)
                     write_row = copy.write_row
                     for start in range(0, len(batch), _ROWS_PER_GIL_HOLD):
                         for row in batch[start : start + _ROWS_PER_GIL_HOLD]:
@@ -343,7 +343,7 @@ class Store:
         rows = [dict(zip(USAGE_COLUMNS, row, strict=True)) for row in batch]
         if micros:
             for row in rows:
-                row["ts"] = _EPOCH + row["ts"] * _MICROSECOND
+                row["ts"] = EPOCH + row["ts"] * MICROSECOND
         with self.engine.begin() as conn:
             conn.execute(UsageRow.__table__.insert(), rows)
             conn.execute(

@@ -5,7 +5,7 @@
 them into the `usage_daily` roll-up (`build_daily_totals`), then hands both to the driver. The per-row
 work stays in C (one itemgetter per row, column-wise max/sum/zip) because it runs in a worker thread on
 the event loop's GIL. Also here: the column orders both tables are written in, and the checks that tell
-the store when a batch holds a value its fast path cannot write as SQLAlchemy Core would (`_fits_binary_copy`).
+the store when a batch holds a value its fast path cannot write as SQLAlchemy Core would (`fits_binary_copy`).
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ _USAGE_TEXT_LENGTHS: dict[str, int] = {
 
 # `ts` as microseconds since the epoch (SQLite), the positions in a usage tuple (USAGE_COLUMNS order)
 # and the limits the checks below compare against.
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_DAY = _EPOCH.date()
-_MICROSECOND = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = EPOCH.date()
+MICROSECOND = timedelta(microseconds=1)
 _DAY_MICROS = 86_400_000_000
 _INDEX = {name: index for index, name in enumerate(USAGE_COLUMNS)}
 _AFTER_TS = itemgetter(*USAGE_COLUMNS[1:])
@@ -80,12 +80,12 @@ _PG_COPY_TYPE_NAMES = {
     "BOOLEAN": "bool",
     "TIMESTAMP WITH TIME ZONE": "timestamptz",
 }
-_PG_COPY_TYPES = [
+PG_COPY_TYPES = [
     _PG_COPY_TYPE_NAMES[column.type.compile(dialect=postgresql_dialect()).split("(")[0]]
     for column in UsageRow.__table__.columns
     if column.name != "id"
 ]
-_PG_INT4_COLUMNS = tuple(itemgetter(i) for i, name in enumerate(_PG_COPY_TYPES) if name == "int4")
+_PG_INT4_COLUMNS = tuple(itemgetter(i) for i, name in enumerate(PG_COPY_TYPES) if name == "int4")
 
 
 def build_usage_tuples(rows: list[dict[str, Any]], micros: bool) -> list[tuple[Any, ...]]:
@@ -100,7 +100,7 @@ def build_usage_tuples(rows: list[dict[str, Any]], micros: bool) -> list[tuple[A
     try:
         if micros:
             batch = [
-                ((ts - _EPOCH) // _MICROSECOND,) + after_ts(row)  # noqa: RUF005 (concatenation is faster)
+                ((ts - EPOCH) // MICROSECOND,) + after_ts(row)  # noqa: RUF005 (concatenation is faster)
                 if len(row) == width and (ts := row["ts"]).__class__ is datetime and ts.tzinfo is UTC
                 else _usage_tuple(row, micros)
                 for row in rows
@@ -124,7 +124,7 @@ def build_usage_tuples(rows: list[dict[str, Any]], micros: bool) -> list[tuple[A
 
 def _usage_tuple(row: dict[str, Any], micros: bool) -> tuple[Any, ...]:
     values = tuple(_usage_values(row).values())
-    return ((values[0] - _EPOCH) // _MICROSECOND, *values[1:]) if micros else values
+    return ((values[0] - EPOCH) // MICROSECOND, *values[1:]) if micros else values
 
 
 def _usage_values(row: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def _clip_text(value: Any, length: int) -> Any:
     return value[:length] if length and isinstance(value, str) and len(value) > length else value
 
 
-def _fits_binary_copy(batch: list[tuple[Any, ...]]) -> bool:
+def fits_binary_copy(batch: list[tuple[Any, ...]]) -> bool:
     """Whether psycopg's binary COPY can write the batch as Core would. Its int4 dumper wraps a
     value past 32 bits around instead of failing, so those columns are range-checked first (any
     other mismatch makes a dumper raise, which `_DriverRefused` catches)."""

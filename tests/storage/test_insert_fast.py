@@ -319,7 +319,7 @@ def test_postgresql_copy_types_are_the_tables(pg_schema_url: str) -> None:
                     )
                 ).all()
             )
-        assert [types[name] for name in USAGE_COLUMNS] == usage_batch._PG_COPY_TYPES
+        assert [types[name] for name in USAGE_COLUMNS] == usage_batch.PG_COPY_TYPES
     finally:
         store.close()
 
