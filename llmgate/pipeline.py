@@ -56,12 +56,14 @@ def price(ctx: RequestContext, gw: Gateway) -> None:
         ctx.cost_nusd = cost_nusd(gw.prices.price_for(dep), usage) if ctx.status < 400 or usage.estimated else 0
 
 
-async def settle(ctx: RequestContext, gw: Gateway) -> None:
-    """Charge the actual usage, work out the cost, release the admission, record."""
+async def settle(ctx: RequestContext, gw: Gateway, priced: bool = False) -> None:
+    """Charge the actual usage, work out the cost (unless `priced`: the surface ran `price`
+    and changed nothing since), release the admission, record."""
     if ctx.settled:
         return
     ctx.settled = True
-    price(ctx, gw)
+    if not priced:
+        price(ctx, gw)
     if ctx.admission is not None:
         try:
             await gw.limiter.settle(ctx)
@@ -82,4 +84,3 @@ def response_headers(ctx: RequestContext) -> list[tuple[bytes, bytes]]:
 
 def cost_header(ctx: RequestContext) -> tuple[bytes, bytes]:
     return (b"x-llmgate-cost-usd", format_usd(ctx.cost_nusd).encode())
-

@@ -116,7 +116,7 @@ class AnthropicSurface:
             headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own(ctx)]
             await send_bytes(send, 200, payload, headers)
         finally:
-            await pipeline.settle(ctx, gw)
+            await pipeline.settle(ctx, gw, priced=True)
 
     async def _events(self, ctx: RequestContext) -> AsyncIterator[bytes]:
         assert ctx.stream_iter is not None

@@ -161,7 +161,7 @@ class OpenAISurface:
             headers = [(b"x-request-id", rid.encode()), pipeline.cost_header(ctx), *_own_headers(ctx)]
             await send_bytes(send, 200, payload, headers)
         finally:
-            await pipeline.settle(ctx, gw)
+            await pipeline.settle(ctx, gw, priced=True)
 
     async def _stream(self, ctx: RequestContext, receive: Receive, send: Send) -> None:
         headers = [(b"x-request-id", ctx.request_id.encode()), *_own_headers(ctx)]
